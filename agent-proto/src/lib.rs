@@ -1,0 +1,40 @@
+//! The wire contract between fleetmap's client, coordinator, node daemon and worker.
+//!
+//! Two planes, both described in `docs/protocol.md`:
+//! - the control plane: serde types carried as JSON ([`job`], [`node`], [`worker`], [`error`]);
+//! - the data plane: length-prefixed binary frames ([`frame`]) whose bodies carry item batches
+//!   ([`batch`]), failures ([`failure`]) and captured output ([`output`]).
+//!
+//! Payload bytes (pickled functions, inputs, results, exceptions) are opaque here: this crate
+//! never interprets them. It does no I/O.
+
+pub mod batch;
+pub mod error;
+pub mod failure;
+pub mod frame;
+pub mod job;
+pub mod node;
+pub mod output;
+pub mod worker;
+
+pub use batch::{BatchError, Item, ItemBatch};
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use failure::{Failure, FailureInfo, FailureKind};
+pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, DEFAULT_MAX_FRAME_BYTES};
+pub use job::{EnvSpec, JobEnd, JobProgress, JobSpec, JobState, JobStatus, SpecError};
+pub use node::{GpuInfo, HeartbeatAnswer, NodeInfo, NodeRegistration, NodeView, PoolInfo};
+pub use output::{Output, OutputStream};
+pub use worker::{Assignment, WorkerHello, WorkerReady, ZygoteCommand, ZygoteEvent};
+
+/// Version of the wire protocol this crate speaks; carried in `JobSpec` and `WorkerHello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Index meaning "not attributed to any input" (output printed while the function loads,
+/// a failure to load the function).
+pub const NO_INDEX: u64 = u64::MAX;
+
+/// HTTP content type of frame-stream bodies.
+pub const FRAMES_CONTENT_TYPE: &str = "application/vnd.fleetmap.frames";
+
+/// Version of the software, reported by health and node-info routes.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,103 @@
+//! Daemon ↔ worker control types: the zygote's JSON lines and the worker's JSON frames.
+
+use serde::{Deserialize, Serialize};
+
+/// First frame a worker sends (`HELLO`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHello {
+    /// Protocol version the worker speaks.
+    pub version: u32,
+    /// The worker's process id (checked against the socket's peer credentials).
+    pub pid: u32,
+    /// Python version (`3.11.7`).
+    pub python: String,
+}
+
+/// A worker's job assignment (`ASSIGN`), followed by a `FUNCTION` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job_id: String,
+    /// The slot the worker now occupies.
+    pub slot_id: String,
+    /// CPU ids of the slot.
+    pub cpus: Vec<u32>,
+    /// Memory limit of the slot in bytes.
+    pub ram_bytes: u64,
+    /// File of 16 bytes the worker writes `index+1` and the start time into per input.
+    pub progress_path: String,
+}
+
+/// A worker that has loaded the function (`READY`), with its limits as seen from inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReady {
+    /// The worker's process id.
+    pub pid: u32,
+    /// CPUs the worker may run on (`os.sched_getaffinity(0)`).
+    #[serde(default)]
+    pub affinity: Vec<u32>,
+    /// Contents of `/proc/self/cgroup`.
+    #[serde(default)]
+    pub cgroup: String,
+}
+
+/// A command to the zygote (one JSON line on its stdin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ZygoteCommand {
+    /// Fork `count` new workers.
+    Spawn {
+        /// How many.
+        count: u32,
+    },
+}
+
+/// An event from the zygote (one JSON line on its stdout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ZygoteEvent {
+    /// The zygote has imported what workers need and takes commands.
+    Ready {
+        /// Its process id.
+        pid: u32,
+        /// Its Python version.
+        python: String,
+    },
+    /// A worker was forked.
+    Spawned {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// A worker ended and was reaped.
+    Exited {
+        /// The worker's process id.
+        pid: u32,
+        /// Exit code when it exited.
+        #[serde(default)]
+        exit_code: Option<i32>,
+        /// Signal number when a signal killed it.
+        #[serde(default)]
+        signal: Option<i32>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zygote_lines_parse() {
+        let event: ZygoteEvent =
+            serde_json::from_str(r#"{"event":"exited","pid":12,"exit_code":3}"#).expect("parses");
+        assert_eq!(
+            event,
+            ZygoteEvent::Exited {
+                pid: 12,
+                exit_code: Some(3),
+                signal: None
+            }
+        );
+        let command = serde_json::to_string(&ZygoteCommand::Spawn { count: 2 }).expect("ok");
+        assert_eq!(command, r#"{"cmd":"spawn","count":2}"#);
+    }
+}
