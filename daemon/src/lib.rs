@@ -1,1 +1,27 @@
-//! x
+//! `fleetmapd`, the fleetmap node daemon, as a library: [`run`] serves the HTTP API of
+//! `docs/protocol.md` §3 on a listener until a shutdown future resolves.
+//!
+//! - [`api`]: routes parsed into typed requests, one error-to-status mapping, frame bodies;
+//! - [`job`]: per-job input queues, chunking, instances, failure classification, result streams;
+//! - [`runtime`]: the narrow `Runtime` trait instances run on, and its `process` implementation
+//!   (a zygote forking warm Python workers into per-slot cgroups);
+//! - [`capacity`]: CPU/RAM slots from the sandbox crate's allocator;
+//! - [`coordinator`]: registration and heartbeats;
+//! - [`server`]: the accept loop, startup and graceful shutdown.
+//!
+//! The daemon never unpickles anything: payloads stay opaque `Bytes`.
+
+pub mod api;
+pub mod capacity;
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod job;
+pub mod node;
+pub mod runtime;
+pub mod server;
+pub mod state;
+
+pub use config::{Config, Limits};
+pub use error::DaemonError;
+pub use server::run;

@@ -1,18 +1,29 @@
 //! Host resources for fleetmap function instances.
 //!
 //! - [`inventory`]: what the machine offers (CPU ids the daemon may use, RAM), read once at
-//!   start from sysinfo and the daemon's own cpuset.
-//! - [`slots`]: the slot allocator: each instance gets `func_cpu` CPU ids (exclusive while
-//!   the machine has enough) and `func_ram` bytes; freeing returns them.
+//!   start from the daemon's own CPU affinity, sysinfo and the daemon's own memory cgroup.
+//! - [`slots`]: the slot allocator: each instance gets `func_cpu` CPU ids (exclusive: no two
+//!   live slots share a CPU id) and `func_ram` bytes; releasing returns them.
 //! - [`cgroup`]: per-slot cgroups under a parent the daemon owns (cpuset + memory limit),
 //!   one narrow trait with v1, v2 and "off" implementations chosen once by detection.
+//!
+//! Host roots (`/sys/fs/cgroup`, `/proc`) are parameters everywhere; the defaults below are
+//! the only place they are spelled out.
 
 pub mod cgroup;
 pub mod error;
 pub mod inventory;
 pub mod slots;
 
-pub use cgroup::{detect, CgroupConfig, CgroupFlavor, CgroupMode, CleanupReport, SlotCgroups, SlotLimits};
+pub use cgroup::{
+    detect, CgroupConfig, CgroupFlavor, CgroupMode, CleanupReport, SlotCgroups, SlotLimits,
+};
 pub use error::SandboxError;
 pub use inventory::Inventory;
 pub use slots::{Slot, SlotAllocator, SlotRequest};
+
+/// Where cgroup filesystems are mounted on a real host (the default `CgroupConfig::root`).
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Where procfs is mounted on a real host.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";

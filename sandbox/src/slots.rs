@@ -1,4 +1,16 @@
 //! The slot allocator: CPU ids and RAM handed to instances and taken back.
+//!
+//! CPU ids are exclusive: no two live slots share one. A slot takes the lowest free ids, so
+//! the same sequence of calls always gives the same answer. The allocator is shared as
+//! `&self` (e.g. inside the daemon's `Arc` state) and locks a std `Mutex` inside; nothing
+//! awaits or blocks while it is held, every method is a few map operations.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::cgroup::SlotLimits;
+use crate::error::SandboxError;
+use crate::inventory::Inventory;
 
 /// What one instance needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,14 +24,451 @@ pub struct SlotRequest {
 /// An allocated slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
-    /// Unique id (also the cgroup name suffix).
+    /// Unique id (also the cgroup name suffix): `s1`, `s2`, … never reused by one allocator.
     pub id: String,
-    /// CPU ids given to it.
+    /// CPU ids given to it, ascending.
     pub cpus: Vec<u32>,
     /// RAM given to it, in bytes.
     pub ram_bytes: u64,
 }
 
+impl Slot {
+    /// The cgroup limits that enforce this slot.
+    pub fn limits(&self) -> SlotLimits {
+        SlotLimits {
+            cpus: self.cpus.clone(),
+            ram_bytes: self.ram_bytes,
+        }
+    }
+}
+
 /// Hands out slots from an inventory.
 #[derive(Debug)]
-pub struct SlotAllocator;
+pub struct SlotAllocator {
+    inventory: Inventory,
+    /// Only plain map operations happen under this lock: nothing awaits or blocks inside.
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    free_cpus: BTreeSet<u32>,
+    free_ram_bytes: u64,
+    slots: HashMap<String, Slot>,
+    next_id: u64,
+}
+
+impl SlotAllocator {
+    /// An allocator with everything in `inventory` free (duplicate CPU ids count once).
+    pub fn new(inventory: Inventory) -> Self {
+        let free_cpus: BTreeSet<u32> = inventory.cpus.iter().copied().collect();
+        let inventory = Inventory {
+            cpus: free_cpus.iter().copied().collect(),
+            ram_bytes: inventory.ram_bytes,
+        };
+        let state = State {
+            free_cpus,
+            free_ram_bytes: inventory.ram_bytes,
+            slots: HashMap::new(),
+            next_id: 1,
+        };
+        Self {
+            inventory,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// What this allocator hands out.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// A slot for `request`: `Ok(None)` when it does not fit now (wait for a release),
+    /// `Err(DoesNotFit)` when it can never fit on this machine.
+    pub fn allocate(&self, request: SlotRequest) -> Result<Option<Slot>, SandboxError> {
+        self.fits_ever(request)?;
+        let mut state = self.lock();
+        let wanted = usize::try_from(request.cpus).unwrap_or(usize::MAX);
+        if state.free_cpus.len() < wanted || state.free_ram_bytes < request.ram_bytes {
+            return Ok(None);
+        }
+        let cpus: Vec<u32> = state.free_cpus.iter().take(wanted).copied().collect();
+        for cpu in &cpus {
+            state.free_cpus.remove(cpu);
+        }
+        state.free_ram_bytes -= request.ram_bytes;
+        let slot = Slot {
+            id: format!("s{}", state.next_id),
+            cpus,
+            ram_bytes: request.ram_bytes,
+        };
+        state.next_id += 1;
+        state.slots.insert(slot.id.clone(), slot.clone());
+        Ok(Some(slot))
+    }
+
+    /// Returns a slot's CPUs and RAM; `UnknownSlot` if it is not allocated (e.g. released
+    /// twice).
+    pub fn release(&self, slot_id: &str) -> Result<(), SandboxError> {
+        let mut state = self.lock();
+        let slot = state
+            .slots
+            .remove(slot_id)
+            .ok_or_else(|| SandboxError::UnknownSlot(slot_id.to_owned()))?;
+        state.free_cpus.extend(slot.cpus);
+        state.free_ram_bytes += slot.ram_bytes;
+        Ok(())
+    }
+
+    /// CPUs not held by a slot.
+    pub fn free_cpus(&self) -> u32 {
+        u32::try_from(self.lock().free_cpus.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The ids of the CPUs not held by a slot, ascending.
+    pub fn free_cpu_ids(&self) -> Vec<u32> {
+        self.lock().free_cpus.iter().copied().collect()
+    }
+
+    /// RAM not held by a slot, in bytes.
+    pub fn free_ram_bytes(&self) -> u64 {
+        self.lock().free_ram_bytes
+    }
+
+    /// Slots allocated now.
+    pub fn allocated(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// The allocated slot with this id.
+    pub fn slot(&self, slot_id: &str) -> Option<Slot> {
+        self.lock().slots.get(slot_id).cloned()
+    }
+
+    /// How many more slots of this size fit now (0 for a request that can never fit).
+    pub fn capacity_for(&self, request: SlotRequest) -> u64 {
+        if self.fits_ever(request).is_err() {
+            return 0;
+        }
+        let state = self.lock();
+        let free_cpus = u64::try_from(state.free_cpus.len()).unwrap_or(u64::MAX);
+        let by_cpu = free_cpus / u64::from(request.cpus);
+        let by_ram = state.free_ram_bytes / request.ram_bytes;
+        by_cpu.min(by_ram)
+    }
+
+    /// Whether one slot of this size fits on this machine when it is idle; if not, a
+    /// `DoesNotFit` whose message is one sentence saying what to change.
+    pub fn fits_ever(&self, request: SlotRequest) -> Result<(), SandboxError> {
+        if request.cpus == 0 {
+            return Err(SandboxError::DoesNotFit(
+                "func_cpu=0 does not fit: every instance needs at least 1 CPU; set func_cpu to 1 or more"
+                    .to_owned(),
+            ));
+        }
+        if request.ram_bytes == 0 {
+            return Err(SandboxError::DoesNotFit(
+                "func_ram=0 does not fit: every instance needs some RAM; set func_ram to 1 or more"
+                    .to_owned(),
+            ));
+        }
+        let cpus = self.inventory.cpu_count();
+        if request.cpus > cpus {
+            return Err(SandboxError::DoesNotFit(format!(
+                "func_cpu={} does not fit: this node has {} CPU{}; lower func_cpu or add a larger node",
+                request.cpus,
+                cpus,
+                if cpus == 1 { "" } else { "s" },
+            )));
+        }
+        if request.ram_bytes > self.inventory.ram_bytes {
+            return Err(SandboxError::DoesNotFit(format!(
+                "func_ram={} GiB does not fit: this node has {} GiB of RAM for instances; lower func_ram or add a larger node",
+                gib(request.ram_bytes),
+                gib(self.inventory.ram_bytes),
+            )));
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock with the state half-updated, so a
+        // poisoned lock still guards a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Bytes as GiB for messages: whole numbers plainly, else with up to two decimals.
+fn gib(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    let (whole, rest) = (bytes / GIB, bytes % GIB);
+    if rest == 0 {
+        return whole.to_string();
+    }
+    // Hundredths of a GiB, rounded down so a limit is never overstated.
+    let hundredths = u128::from(bytes) * 100 / u128::from(GIB);
+    let text = format!("{}.{:02}", hundredths / 100, hundredths % 100);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn allocator(cpus: u32, ram_gib: u64) -> SlotAllocator {
+        SlotAllocator::new(Inventory {
+            cpus: (0..cpus).collect(),
+            ram_bytes: ram_gib * GIB,
+        })
+    }
+
+    fn req(cpus: u32, ram_gib: u64) -> SlotRequest {
+        SlotRequest {
+            cpus,
+            ram_bytes: ram_gib * GIB,
+        }
+    }
+
+    fn message(err: SandboxError) -> String {
+        match err {
+            SandboxError::DoesNotFit(text) => text,
+            other => panic!("expected DoesNotFit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lowest_free_ids_first_and_exclusive() {
+        let alloc = allocator(8, 32);
+        let a = alloc.allocate(req(2, 1)).expect("ok").expect("fits");
+        let b = alloc.allocate(req(3, 1)).expect("ok").expect("fits");
+        assert_eq!((a.id.as_str(), a.cpus.as_slice()), ("s1", &[0, 1][..]));
+        assert_eq!((b.id.as_str(), b.cpus.as_slice()), ("s2", &[2, 3, 4][..]));
+        alloc.release(&a.id).expect("release");
+        let c = alloc.allocate(req(3, 1)).expect("ok").expect("fits");
+        assert_eq!((c.id.as_str(), c.cpus.as_slice()), ("s3", &[0, 1, 5][..]));
+        assert_eq!(alloc.free_cpu_ids(), vec![6, 7]);
+        assert_eq!(alloc.slot("s3"), Some(c));
+        assert_eq!(alloc.allocated(), 2);
+    }
+
+    #[test]
+    fn does_not_fit_now_is_none() {
+        let alloc = allocator(2, 4);
+        let a = alloc.allocate(req(2, 1)).expect("ok").expect("fits");
+        assert_eq!(alloc.allocate(req(1, 1)).expect("ok"), None);
+        assert_eq!(alloc.free_cpus(), 0);
+        alloc.release(&a.id).expect("release");
+        assert!(alloc.allocate(req(1, 1)).expect("ok").is_some());
+    }
+
+    #[test]
+    fn ram_bounds_allocation() {
+        let alloc = allocator(16, 4);
+        let slots: Vec<Slot> = (0..4)
+            .map(|_| alloc.allocate(req(1, 1)).expect("ok").expect("fits"))
+            .collect();
+        assert_eq!(alloc.free_ram_bytes(), 0);
+        assert_eq!(alloc.free_cpus(), 12);
+        assert_eq!(alloc.allocate(req(1, 1)).expect("ok"), None);
+        assert_eq!(alloc.capacity_for(req(1, 1)), 0);
+        alloc.release(&slots[2].id).expect("release");
+        assert_eq!(alloc.free_ram_bytes(), GIB);
+        assert_eq!(alloc.capacity_for(req(1, 1)), 1);
+        let odd = SlotRequest {
+            cpus: 1,
+            ram_bytes: GIB / 2 + 1,
+        };
+        assert_eq!(alloc.capacity_for(odd), 1);
+    }
+
+    #[test]
+    fn release_twice_is_unknown() {
+        let alloc = allocator(2, 2);
+        let a = alloc.allocate(req(1, 1)).expect("ok").expect("fits");
+        alloc.release(&a.id).expect("release");
+        let err = alloc.release(&a.id).expect_err("second release");
+        assert!(matches!(err, SandboxError::UnknownSlot(ref id) if id == "s1"));
+        assert_eq!(err.to_string(), "unknown slot s1");
+        assert!(alloc.release("nope").is_err());
+        assert_eq!((alloc.free_cpus(), alloc.free_ram_bytes()), (2, 2 * GIB));
+    }
+
+    #[test]
+    fn never_fits_sentences() {
+        let alloc = allocator(2, 4);
+        assert_eq!(
+            message(alloc.fits_ever(req(4, 1)).expect_err("too many cpus")),
+            "func_cpu=4 does not fit: this node has 2 CPUs; lower func_cpu or add a larger node"
+        );
+        assert_eq!(
+            message(alloc.allocate(req(1, 8)).expect_err("too much ram")),
+            "func_ram=8 GiB does not fit: this node has 4 GiB of RAM for instances; lower func_ram or add a larger node"
+        );
+        assert!(message(alloc.fits_ever(req(0, 1)).expect_err("zero cpus")).contains("func_cpu"));
+        assert!(message(alloc.fits_ever(req(1, 0)).expect_err("zero ram")).contains("func_ram"));
+        assert_eq!(alloc.capacity_for(req(4, 1)), 0);
+        assert_eq!(alloc.capacity_for(req(0, 1)), 0);
+        let one = allocator(1, 1);
+        assert_eq!(
+            message(one.fits_ever(req(2, 1)).expect_err("too many cpus")),
+            "func_cpu=2 does not fit: this node has 1 CPU; lower func_cpu or add a larger node"
+        );
+        let fractional = SlotAllocator::new(Inventory {
+            cpus: vec![0],
+            ram_bytes: 3 * GIB / 2,
+        });
+        assert!(message(fractional.fits_ever(req(1, 2)).expect_err("ram"))
+            .contains("this node has 1.5 GiB of RAM"));
+        let empty = SlotAllocator::new(Inventory {
+            cpus: vec![],
+            ram_bytes: 0,
+        });
+        assert!(message(empty.fits_ever(req(1, 1)).expect_err("empty")).contains("0 CPUs"));
+    }
+
+    #[test]
+    fn gib_formatting() {
+        assert_eq!(gib(0), "0");
+        assert_eq!(gib(4 * GIB), "4");
+        assert_eq!(gib(GIB / 2), "0.5");
+        assert_eq!(gib(GIB / 4), "0.25");
+        assert_eq!(gib(GIB + GIB / 2 + GIB / 4), "1.75");
+        // Rounded down: never overstates what a node has.
+        assert_eq!(gib(GIB + GIB / 10), "1.09");
+        assert_eq!(gib(25_276_510_208), "23.54");
+    }
+
+    #[test]
+    fn capacity_counts_cpu_and_ram() {
+        let alloc = allocator(8, 10);
+        assert_eq!(alloc.capacity_for(req(1, 1)), 8);
+        assert_eq!(alloc.capacity_for(req(2, 1)), 4);
+        assert_eq!(alloc.capacity_for(req(1, 3)), 3);
+        assert_eq!(alloc.capacity_for(req(3, 2)), 2);
+    }
+
+    #[test]
+    fn duplicate_and_sparse_inventory_ids() {
+        let alloc = SlotAllocator::new(Inventory {
+            cpus: vec![7, 3, 3, 12],
+            ram_bytes: 8 * GIB,
+        });
+        assert_eq!(alloc.inventory().cpus, vec![3, 7, 12]);
+        let a = alloc.allocate(req(2, 1)).expect("ok").expect("fits");
+        assert_eq!(a.cpus, vec![3, 7]);
+        assert_eq!(
+            a.limits(),
+            SlotLimits {
+                cpus: vec![3, 7],
+                ram_bytes: GIB
+            }
+        );
+    }
+
+    /// A small deterministic generator so the property loops need no extra crate.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound
+        }
+    }
+
+    #[test]
+    fn random_allocate_release_keeps_invariants() {
+        for seed in 1..=50u64 {
+            let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let cpus = 1 + u32::try_from(rng.next(16)).expect("small");
+            let ram = 1 + rng.next(32);
+            let alloc = allocator(cpus, ram);
+            let mut live: Vec<Slot> = Vec::new();
+            let mut ids = HashSet::new();
+            for _ in 0..300 {
+                if live.is_empty() || rng.next(3) > 0 {
+                    let r = req(
+                        1 + u32::try_from(rng.next(u64::from(cpus) + 1)).expect("small"),
+                        1 + rng.next(ram + 1),
+                    );
+                    let expected_ever = r.cpus <= cpus && r.ram_bytes <= ram * GIB;
+                    let capacity = alloc.capacity_for(r);
+                    match alloc.allocate(r) {
+                        Err(SandboxError::DoesNotFit(_)) => assert!(!expected_ever),
+                        Err(other) => panic!("unexpected {other:?}"),
+                        Ok(None) => assert!(expected_ever && capacity == 0),
+                        Ok(Some(slot)) => {
+                            assert!(capacity >= 1);
+                            assert_eq!(slot.cpus.len(), r.cpus as usize);
+                            assert!(ids.insert(slot.id.clone()), "slot id reused");
+                            live.push(slot);
+                        }
+                    }
+                } else {
+                    let index = usize::try_from(rng.next(live.len() as u64)).expect("small");
+                    let slot = live.swap_remove(index);
+                    alloc.release(&slot.id).expect("release live slot");
+                }
+                // No CPU id is held twice, and held + free = inventory, for CPUs and RAM.
+                let mut held = HashSet::new();
+                for slot in &live {
+                    for cpu in &slot.cpus {
+                        assert!(held.insert(*cpu), "cpu {cpu} held twice");
+                    }
+                }
+                let free: HashSet<u32> = alloc.free_cpu_ids().into_iter().collect();
+                assert!(held.is_disjoint(&free));
+                assert_eq!(held.len() + free.len(), cpus as usize);
+                let held_ram: u64 = live.iter().map(|s| s.ram_bytes).sum();
+                assert_eq!(held_ram + alloc.free_ram_bytes(), ram * GIB);
+                assert_eq!(alloc.allocated(), live.len());
+            }
+            for slot in live.drain(..) {
+                alloc.release(&slot.id).expect("release");
+            }
+            assert_eq!(alloc.free_cpus(), cpus);
+            assert_eq!(alloc.free_ram_bytes(), ram * GIB);
+        }
+    }
+
+    #[test]
+    fn concurrent_allocations_never_share_cpus() {
+        let alloc = Arc::new(allocator(64, 1024));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let alloc = Arc::clone(&alloc);
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for round in 0..200 {
+                        if let Some(slot) = alloc.allocate(req(2, 1)).expect("ok") {
+                            mine.push(slot);
+                        }
+                        if round % 3 == 0 {
+                            if let Some(slot) = mine.pop() {
+                                alloc.release(&slot.id).expect("release");
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut held = HashSet::new();
+        let mut ids = HashSet::new();
+        for handle in handles {
+            for slot in handle.join().expect("thread") {
+                assert!(ids.insert(slot.id.clone()));
+                for cpu in slot.cpus {
+                    assert!(held.insert(cpu), "cpu {cpu} held twice");
+                }
+            }
+        }
+        assert_eq!(alloc.free_cpus() as usize + held.len(), 64);
+    }
+}

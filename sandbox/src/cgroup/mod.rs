@@ -5,9 +5,24 @@
 //! `<parent>` (e.g. `fleetmap/node-a`) belongs to one daemon: at start everything below it is
 //! killed and removed ([`SlotCgroups::cleanup_stale`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
 
 use crate::error::SandboxError;
+use crate::DEFAULT_PROC_ROOT;
+
+mod files;
+mod hierarchy;
+mod kill;
+pub mod none;
+pub mod v1;
+pub mod v2;
+
+pub use files::{format_cpu_list, parse_cpu_list};
+pub use none::NoneCgroups;
+pub use v1::V1Cgroups;
+pub use v2::V2Cgroups;
 
 /// Which cgroup implementation enforces limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +62,17 @@ pub enum CgroupMode {
 pub struct CgroupConfig {
     /// Mount root of the cgroup filesystem(s), `/sys/fs/cgroup` on real hosts.
     pub root: PathBuf,
-    /// Relative path of the daemon's own parent cgroup, e.g. `fleetmap/node-a`.
+    /// Relative path of the daemon's own parent cgroup, e.g. `fleetmap/node-a`, taken from
+    /// the hierarchy's root (not from the daemon's own cgroup).
     pub parent: String,
+}
+
+impl CgroupConfig {
+    /// The cgroup path of a slot relative to the hierarchy root, as it appears in
+    /// `/proc/<pid>/cgroup` (after its leading `/`): `<parent>/slot-<slot_id>`.
+    pub fn slot_cgroup(&self, slot_id: &str) -> String {
+        format!("{}/slot-{slot_id}", self.parent)
+    }
 }
 
 /// Limits of one slot.
@@ -70,8 +94,14 @@ pub struct CleanupReport {
 }
 
 /// The daemon's handle on its cgroups. Implementations are cheap to share (`Send + Sync`),
-/// and every method is synchronous (plain file writes); callers on a runtime use them from
-/// blocking-safe contexts or accept the microseconds they take.
+/// and every method is synchronous (plain file writes). Most take microseconds; the ones
+/// that wait for processes to die (`kill_slot`, `remove_slot`, `cleanup_stale`) usually take
+/// a few milliseconds but may block for up to about 2 s, so async callers should run those
+/// in `spawn_blocking`.
+///
+/// Slot ids must be plain names (letters, digits, `-`, `_`, `.`), as [`crate::SlotAllocator`]
+/// makes them; any other id is refused with `UnknownSlot`. Reading or joining a slot that
+/// does not exist is `UnknownSlot`; killing or removing one is a no-op.
 pub trait SlotCgroups: Send + Sync + std::fmt::Debug {
     /// Which flavour this is.
     fn flavor(&self) -> CgroupFlavor;
@@ -93,7 +123,8 @@ pub trait SlotCgroups: Send + Sync + std::fmt::Debug {
     fn slot_processes(&self, slot_id: &str) -> Result<Vec<u32>, SandboxError>;
 
     /// SIGKILLs every process in the slot and waits (≤ 1 s) until the cgroup is empty;
-    /// returns how many were killed.
+    /// returns how many were killed. Processes that outlive the wait (stuck in the kernel)
+    /// are logged, not an error; `remove_slot` then reports the cgroup as busy.
     fn kill_slot(&self, slot_id: &str) -> Result<usize, SandboxError>;
 
     /// How many times the kernel's OOM killer has killed a process in this slot (v1:
@@ -112,10 +143,102 @@ pub trait SlotCgroups: Send + Sync + std::fmt::Debug {
 /// the cpuset and memory controllers can be enabled under the parent, v1 when the `cpuset`
 /// and `memory` hierarchies are mounted under `<root>` and writable, else `None` (allowed only
 /// with `CgroupMode::Auto`; `Required` turns it into an error naming what is missing).
+///
+/// Creates `<parent>` (that is the writability check). A malformed `parent` is an error in
+/// every mode except `Off`.
 pub fn detect(
     config: &CgroupConfig,
     mode: CgroupMode,
 ) -> Result<Box<dyn SlotCgroups>, SandboxError> {
-    let _ = (config, mode);
-    Err(SandboxError::Unsupported("not implemented yet".into()))
+    let none = || Box::new(NoneCgroups::new(Path::new(DEFAULT_PROC_ROOT))) as Box<dyn SlotCgroups>;
+    if mode == CgroupMode::Off {
+        info!("cgroups off: instances get CPU affinity only and no memory limit");
+        return Ok(none());
+    }
+    files::check_parent(&config.parent)?;
+    let attempt: Result<Box<dyn SlotCgroups>, SandboxError> = if config
+        .root
+        .join("cgroup.controllers")
+        .is_file()
+    {
+        V2Cgroups::new(config).map(|cg| Box::new(cg) as Box<dyn SlotCgroups>)
+    } else if config.root.join("cpuset").is_dir() || config.root.join("memory").is_dir() {
+        V1Cgroups::new(config).map(|cg| Box::new(cg) as Box<dyn SlotCgroups>)
+    } else {
+        Err(SandboxError::Unsupported(format!(
+                "{} holds neither a cgroup v2 hierarchy (cgroup.controllers) nor cgroup v1 cpuset and memory hierarchies",
+                config.root.display()
+            )))
+    };
+    match attempt {
+        Ok(cgroups) => {
+            info!(
+                flavor = cgroups.flavor().as_str(),
+                root = %config.root.display(),
+                parent = %config.parent,
+                "cgroups in use"
+            );
+            Ok(cgroups)
+        }
+        Err(err) if mode == CgroupMode::Required => Err(err),
+        Err(err) => {
+            warn!(
+                cause = %err,
+                "cgroups unusable: instances get CPU affinity only and no memory limit"
+            );
+            Ok(none())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(root: &Path) -> CgroupConfig {
+        CgroupConfig {
+            root: root.to_path_buf(),
+            parent: "fleetmap/node-a".to_owned(),
+        }
+    }
+
+    #[test]
+    fn nothing_mounted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let err = detect(&cfg, CgroupMode::Required).expect_err("required");
+        assert!(matches!(err, SandboxError::Unsupported(_)));
+        assert!(err.to_string().contains("neither"), "{err}");
+        let cg = detect(&cfg, CgroupMode::Auto).expect("auto falls back");
+        assert_eq!(cg.flavor(), CgroupFlavor::None);
+        let cg = detect(&cfg, CgroupMode::Off).expect("off");
+        assert_eq!(cg.flavor(), CgroupFlavor::None);
+    }
+
+    #[test]
+    fn half_a_v1_layout_names_the_missing_hierarchy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("cpuset")).expect("mkdir");
+        std::fs::write(dir.path().join("cpuset/cpuset.cpus"), "0-1\n").expect("write");
+        let err = detect(&config(dir.path()), CgroupMode::Required).expect_err("required");
+        assert!(err.to_string().contains("memory.limit_in_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_parent_is_an_error_unless_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = CgroupConfig {
+            root: dir.path().to_path_buf(),
+            parent: "../escape".to_owned(),
+        };
+        assert!(detect(&cfg, CgroupMode::Auto).is_err());
+        assert!(detect(&cfg, CgroupMode::Off).is_ok());
+    }
+
+    #[test]
+    fn slot_cgroup_path() {
+        let cfg = config(Path::new("/sys/fs/cgroup"));
+        assert_eq!(cfg.slot_cgroup("s3"), "fleetmap/node-a/slot-s3");
+        assert_eq!(CgroupFlavor::V1.as_str(), "v1");
+    }
 }

@@ -1,0 +1,264 @@
+//! Turns an HTTP request into a typed [`Command`]: the route, its parameters and its parsed body.
+//! Nothing here acts on the coordinator's state (firecracker's `parsed_request.rs`).
+
+use agent_proto::{Frame, FrameKind, JobSpec, NodeInfo, NodeRegistration};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::api::frames_in::{FrameReader, ReadError};
+use crate::error::Error;
+use crate::jobs::ClientInput;
+
+/// Default and largest `limit` of `GET /v1/jobs`.
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// A frame stream read from a client's request body.
+pub type ClientFrames = FrameReader<Incoming>;
+
+/// A job submission: the first frames of `POST /v1/jobs`, and the rest of its body.
+#[derive(Debug)]
+pub struct Submission {
+    /// The validated job specification.
+    pub spec: JobSpec,
+    /// The opaque pickled function.
+    pub function: Bytes,
+    /// Input frames that arrived with SPEC and FUNCTION (sent to nodes with the job).
+    pub initial: Vec<ClientInput>,
+    /// The rest of the body, read while the job runs.
+    pub rest: ClientFrames,
+}
+
+/// What a request asks the coordinator to do.
+#[derive(Debug)]
+pub enum Command {
+    /// `GET /v1/health`.
+    Health,
+    /// `POST /v1/nodes`.
+    RegisterNode(NodeRegistration),
+    /// `POST /v1/nodes/{id}/heartbeat`.
+    Heartbeat {
+        /// The node.
+        node_id: String,
+        /// What it offers now.
+        info: NodeInfo,
+    },
+    /// `GET /v1/nodes`.
+    ListNodes,
+    /// `POST /v1/jobs`.
+    SubmitJob(Box<Submission>),
+    /// `POST /v1/jobs/{id}/inputs`.
+    AddInputs {
+        /// The job.
+        job_id: String,
+        /// The frames to queue.
+        frames: ClientFrames,
+    },
+    /// `GET /v1/jobs`.
+    ListJobs {
+        /// Most records returned, newest first.
+        limit: usize,
+    },
+    /// `GET /v1/jobs/{id}`.
+    GetJob {
+        /// The job.
+        job_id: String,
+    },
+    /// `DELETE /v1/jobs/{id}`.
+    CancelJob {
+        /// The job.
+        job_id: String,
+    },
+}
+
+/// The coordinator's routes, as documented in `coordinator.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v1/health`
+    Health,
+    /// `/v1/nodes`
+    Nodes,
+    /// `/v1/nodes/{id}/heartbeat`
+    Heartbeat(String),
+    /// `/v1/jobs`
+    Jobs,
+    /// `/v1/jobs/{id}`
+    Job(String),
+    /// `/v1/jobs/{id}/inputs`
+    JobInputs(String),
+}
+
+impl Route {
+    /// The route a path names, if any.
+    pub fn parse(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix("/v1/")?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        Some(match segments.as_slice() {
+            ["health"] => Self::Health,
+            ["nodes"] => Self::Nodes,
+            ["nodes", id, "heartbeat"] if !id.is_empty() => Self::Heartbeat((*id).to_owned()),
+            ["jobs"] => Self::Jobs,
+            ["jobs", id] if !id.is_empty() => Self::Job((*id).to_owned()),
+            ["jobs", id, "inputs"] if !id.is_empty() => Self::JobInputs((*id).to_owned()),
+            _ => return None,
+        })
+    }
+
+    /// Methods the route takes, for 405 answers.
+    pub fn allow(&self) -> &'static str {
+        match self {
+            Self::Health => "GET",
+            Self::Nodes | Self::Jobs => "GET, POST",
+            Self::Heartbeat(_) | Self::JobInputs(_) => "POST",
+            Self::Job(_) => "GET, DELETE",
+        }
+    }
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest JSON body.
+    pub max_json_bytes: usize,
+    /// Largest frame.
+    pub max_frame_bytes: usize,
+}
+
+/// Parses a request into a command; the error says what is wrong with it.
+pub async fn parse(req: Request<Incoming>, limits: Limits) -> Result<Command, Error> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let route = Route::parse(path).ok_or_else(|| Error::RouteNotFound {
+        path: path.to_owned(),
+    })?;
+    match (route, &parts.method) {
+        (Route::Health, &Method::GET) => Ok(Command::Health),
+        (Route::Nodes, &Method::GET) => Ok(Command::ListNodes),
+        (Route::Nodes, &Method::POST) => Ok(Command::RegisterNode(
+            read_json(body, limits.max_json_bytes, "NodeRegistration").await?,
+        )),
+        (Route::Heartbeat(node_id), &Method::POST) => Ok(Command::Heartbeat {
+            node_id,
+            info: read_json(body, limits.max_json_bytes, "NodeInfo").await?,
+        }),
+        (Route::Jobs, &Method::GET) => Ok(Command::ListJobs {
+            limit: list_limit(parts.uri.query())?,
+        }),
+        (Route::Jobs, &Method::POST) => Ok(Command::SubmitJob(Box::new(
+            read_submission(FrameReader::new(body, limits.max_frame_bytes)).await?,
+        ))),
+        (Route::Job(job_id), &Method::GET) => Ok(Command::GetJob { job_id }),
+        (Route::Job(job_id), &Method::DELETE) => Ok(Command::CancelJob { job_id }),
+        (Route::JobInputs(job_id), &Method::POST) => Ok(Command::AddInputs {
+            job_id,
+            frames: FrameReader::new(body, limits.max_frame_bytes),
+        }),
+        (route, method) => Err(Error::MethodNotAllowed {
+            method: method.clone(),
+            path: path.to_owned(),
+            allow: route.allow(),
+        }),
+    }
+}
+
+/// Reads SPEC and FUNCTION, and whatever input frames arrived with them.
+async fn read_submission(mut frames: ClientFrames) -> Result<Submission, Error> {
+    let spec_frame = next_required(&mut frames, "SPEC").await?;
+    spec_frame.expect_kind(FrameKind::Spec)?;
+    let spec: JobSpec = spec_frame.parse_json()?;
+    spec.validate()?;
+    let function = next_required(&mut frames, "FUNCTION").await?;
+    function.expect_kind(FrameKind::Function)?;
+    let mut initial = Vec::new();
+    while let Some(frame) = frames.next_buffered()? {
+        let input = ClientInput::from_frame(frame)?;
+        let end = matches!(input, ClientInput::End);
+        initial.push(input);
+        if end {
+            break;
+        }
+    }
+    Ok(Submission {
+        spec,
+        function: function.body,
+        initial,
+        rest: frames,
+    })
+}
+
+async fn next_required(frames: &mut ClientFrames, expected: &'static str) -> Result<Frame, Error> {
+    match frames.next().await {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(Error::MissingFrame { expected }),
+        Err(ReadError::Frame(err)) => Err(Error::Frames(err)),
+        Err(ReadError::Body(err)) => Err(Error::BodyRead(err)),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Incoming,
+    limit: usize,
+    what: &'static str,
+) -> Result<T, Error> {
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(Error::BodyTooLarge { limit })
+        }
+        Err(err) => return Err(Error::BodyRead(err.to_string())),
+    };
+    serde_json::from_slice(&bytes).map_err(|err| Error::BadJson {
+        what,
+        reason: err.to_string(),
+    })
+}
+
+fn list_limit(query: Option<&str>) -> Result<usize, Error> {
+    let Some(query) = query else {
+        return Ok(DEFAULT_LIST_LIMIT);
+    };
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("limit=") {
+            return match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+                _ => Err(Error::BadJson {
+                    what: "limit",
+                    reason: format!("limit={value} must be a whole number from 1 to {MAX_LIST_LIMIT}"),
+                }),
+            };
+        }
+    }
+    Ok(DEFAULT_LIST_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        assert_eq!(Route::parse("/v1/health"), Some(Route::Health));
+        assert_eq!(
+            Route::parse("/v1/nodes/a/heartbeat"),
+            Some(Route::Heartbeat("a".into()))
+        );
+        assert_eq!(Route::parse("/v1/jobs/j1"), Some(Route::Job("j1".into())));
+        assert_eq!(
+            Route::parse("/v1/jobs/j1/inputs"),
+            Some(Route::JobInputs("j1".into()))
+        );
+        assert_eq!(Route::parse("/v1/jobs/"), None);
+        assert_eq!(Route::parse("/v2/jobs"), None);
+        assert_eq!(Route::parse("/v1/nodes//heartbeat"), None);
+    }
+
+    #[test]
+    fn list_limit_is_checked() {
+        assert_eq!(list_limit(None).expect("default"), DEFAULT_LIST_LIMIT);
+        assert_eq!(list_limit(Some("limit=5")).expect("valid"), 5);
+        assert!(list_limit(Some("limit=0")).is_err());
+        assert!(list_limit(Some("limit=x")).is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! Settings of one coordinator, filled from the command line by `main` or directly by tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything [`crate::run`] needs besides the listener and the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SQLite database holding job records.
+    pub db_path: PathBuf,
+    /// Where to write the base URL once listening (tmp file + rename), for launchers.
+    pub addr_file: Option<PathBuf>,
+    /// How long a job waits for a first live node before it is refused with 503.
+    pub node_wait: Duration,
+    /// How often nodes are told to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A node that has not heartbeaten for this long is dead.
+    pub node_timeout: Duration,
+    /// How long inputs of a lost node wait for some node to re-run them before they fail `lost`.
+    pub redispatch_wait: Duration,
+    /// Largest frame body accepted from clients and nodes.
+    pub max_frame_bytes: usize,
+    /// Largest JSON request body (registrations, heartbeats).
+    pub max_json_bytes: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Jobs running at once; more are refused with 429.
+    pub max_jobs: usize,
+    /// Nodes registered at once; more are refused with 429.
+    pub max_nodes: usize,
+    /// Input items a node may hold per instance of its share before backpressure applies.
+    pub window_items_per_instance: usize,
+    /// Payload bytes a node may hold before backpressure applies.
+    pub window_bytes: usize,
+    /// How long a cancel request to a node may take.
+    pub node_cancel_timeout: Duration,
+    /// How long shutdown waits for connections and jobs to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The defaults of `fleetmap-coordinator`, storing records in `db_path`.
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        Self {
+            db_path: db_path.into(),
+            addr_file: None,
+            node_wait: Duration::from_millis(5000),
+            heartbeat_interval: Duration::from_millis(1000),
+            node_timeout: Duration::from_millis(5000),
+            redispatch_wait: Duration::from_secs(30),
+            max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
+            max_json_bytes: 1024 * 1024,
+            max_connections: 4096,
+            max_jobs: 10_000,
+            max_nodes: 10_000,
+            window_items_per_instance: 4096,
+            window_bytes: 64 * 1024 * 1024,
+            node_cancel_timeout: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// How often the registry looks for nodes that stopped heartbeating.
+    pub fn reap_interval(&self) -> Duration {
+        (self.node_timeout / 4)
+            .min(self.heartbeat_interval)
+            .max(Duration::from_millis(10))
+    }
+}

@@ -1,0 +1,165 @@
+//! HTTP/1.1 client to the node daemons: one pool of keep-alive connections shared by every job,
+//! streaming request bodies (inputs go out while results come back on the same request) and
+//! the cancel call.
+
+use std::time::Duration;
+
+use agent_proto::{Frame, FRAMES_CONTENT_TYPE};
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::api::body::Body;
+
+/// Why a call to a node failed.
+#[derive(Debug, Error)]
+pub enum NodeCallError {
+    /// The URL built from the node's address is invalid.
+    #[error("invalid node URL {url}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection could not be made or broke.
+    #[error("{0}")]
+    Connection(String),
+    /// The node did not answer in time.
+    #[error("the node did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The node answered with an error status.
+    #[error("the node answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Its body, as text.
+        body: String,
+    },
+}
+
+/// Cheap cloneable client (the pool is shared by clones).
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    http: Client<HttpConnector, Body>,
+}
+
+impl Default for NodeClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeClient {
+    /// A client with keep-alive pooling and no Nagle delay (single-input jobs are latency-bound).
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self { http }
+    }
+
+    /// Opens `POST {address}/v1/jobs` with a body streamed from the returned sender; the
+    /// response (status, then frames) arrives while the body is still being written.
+    pub fn open_job(
+        &self,
+        address: &str,
+    ) -> Result<
+        (
+            mpsc::UnboundedSender<Frame>,
+            impl std::future::Future<Output = Result<Response<Incoming>, NodeCallError>>,
+        ),
+        NodeCallError,
+    > {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let request = build(
+            Method::POST,
+            &format!("{address}/v1/jobs"),
+            Body::frames_unbounded(rx),
+        )?;
+        let response = self.http.request(request);
+        Ok((tx, async move {
+            response
+                .await
+                .map_err(|err| NodeCallError::Connection(describe(&err)))
+        }))
+    }
+
+    /// `DELETE {address}/v1/jobs/{job_id}`, answered within `timeout`.
+    pub async fn cancel_job(
+        &self,
+        address: &str,
+        job_id: &str,
+        timeout: Duration,
+    ) -> Result<(), NodeCallError> {
+        let request = build(
+            Method::DELETE,
+            &format!("{address}/v1/jobs/{job_id}"),
+            Body::empty(),
+        )?;
+        let call = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|err| NodeCallError::Connection(describe(&err)))?;
+            let status = response.status();
+            // Reading the body to its end puts the connection back in the pool.
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            // 404: the job already ended there (its stream ended first); nothing to cancel.
+            if status.is_success() || status.as_u16() == 404 {
+                Ok(())
+            } else {
+                Err(NodeCallError::Status {
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                })
+            }
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| NodeCallError::Timeout(timeout))?
+    }
+}
+
+fn build(method: Method, url: &str, body: Body) -> Result<Request<Body>, NodeCallError> {
+    let uri: http::Uri = url.parse().map_err(|err: http::uri::InvalidUri| NodeCallError::Url {
+        url: url.to_owned(),
+        reason: err.to_string(),
+    })?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    request.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(FRAMES_CONTENT_TYPE),
+    );
+    Ok(request)
+}
+
+/// The error and its causes in one line (hyper's top-level message alone says little).
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,82 @@
+//! CPU/RAM slots for instances: the sandbox crate's allocator, plus a wake-up for jobs that
+//! wait for a slot to be released.
+
+use agent_proto::JobSpec;
+use fleetmap_sandbox::{Inventory, SandboxError, Slot, SlotAllocator, SlotRequest};
+use tokio::sync::Notify;
+use tracing::warn;
+
+/// Slots handed out to instances. Shared through the daemon state.
+#[derive(Debug)]
+pub struct Capacity {
+    allocator: SlotAllocator,
+    freed: Notify,
+}
+
+impl Capacity {
+    /// Everything in `inventory` free.
+    pub fn new(inventory: Inventory) -> Self {
+        Self {
+            allocator: SlotAllocator::new(inventory),
+            freed: Notify::new(),
+        }
+    }
+
+    /// What one instance of `spec` needs.
+    pub fn request(spec: &JobSpec) -> SlotRequest {
+        SlotRequest {
+            cpus: spec.func_cpu,
+            ram_bytes: spec.ram_bytes(),
+        }
+    }
+
+    /// Whether one instance of this size could ever run here; the error is the allocator's
+    /// sentence saying what to change.
+    pub fn fits_ever(&self, request: SlotRequest) -> Result<(), SandboxError> {
+        self.allocator.fits_ever(request)
+    }
+
+    /// A slot now, or `None` when the node is full.
+    pub fn try_allocate(&self, request: SlotRequest) -> Option<Slot> {
+        match self.allocator.allocate(request) {
+            Ok(slot) => slot,
+            Err(err) => {
+                warn!(cause = %err, "slot allocation refused");
+                None
+            }
+        }
+    }
+
+    /// Returns a slot and wakes jobs waiting for one.
+    pub fn release(&self, slot_id: &str) {
+        if let Err(err) = self.allocator.release(slot_id) {
+            warn!(slot = slot_id, cause = %err, "slot released twice");
+        }
+        self.freed.notify_waiters();
+    }
+
+    /// Resolves at the next release (create the future before checking for room).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// The inventory handed out.
+    pub fn inventory(&self) -> &Inventory {
+        self.allocator.inventory()
+    }
+
+    /// CPUs not held by a slot.
+    pub fn free_cpus(&self) -> u32 {
+        self.allocator.free_cpus()
+    }
+
+    /// RAM not held by a slot.
+    pub fn free_ram_bytes(&self) -> u64 {
+        self.allocator.free_ram_bytes()
+    }
+
+    /// Slots allocated now (= instances running).
+    pub fn instances(&self) -> usize {
+        self.allocator.allocated()
+    }
+}

@@ -1,0 +1,109 @@
+//! What a daemon is started with: identity, paths, cgroup settings and resource limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleetmap_sandbox::{CgroupConfig, CgroupMode, DEFAULT_CGROUP_ROOT, DEFAULT_PROC_ROOT};
+
+/// Everything `run` needs besides the listener and the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name of this node, unique in the fleet (also names its cgroup parent by default).
+    pub node_id: String,
+    /// Directory the daemon owns: the worker module, its Unix socket, progress files.
+    pub state_dir: PathBuf,
+    /// Python interpreter the zygote and workers run on.
+    pub worker_python: PathBuf,
+    /// Base URL of the coordinator to register with, if any.
+    pub coordinator: Option<String>,
+    /// Base URL announced to the coordinator; defaults to the listener's address.
+    pub advertise: Option<String>,
+    /// File the base URL is written to (atomically) once the daemon serves.
+    pub addr_file: Option<PathBuf>,
+    /// Mount root of the cgroup filesystem(s).
+    pub cgroup_root: PathBuf,
+    /// Parent cgroup the daemon owns, relative to the root; `fleetmap/<node_id>` if unset.
+    pub cgroup_parent: Option<String>,
+    /// Whether cgroups are required, used when available, or off.
+    pub cgroup_mode: CgroupMode,
+    /// Where procfs is mounted (stale-worker cleanup reads it).
+    pub proc_root: PathBuf,
+    /// Idle workers kept warm; the number of CPUs (at least 2) if unset.
+    pub pool_size: Option<u32>,
+    /// Bounds on memory and concurrency.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A configuration with defaults for everything but identity and paths.
+    pub fn new(
+        node_id: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+        worker_python: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            node_id: node_id.into(),
+            state_dir: state_dir.into(),
+            worker_python: worker_python.into(),
+            coordinator: None,
+            advertise: None,
+            addr_file: None,
+            cgroup_root: PathBuf::from(DEFAULT_CGROUP_ROOT),
+            cgroup_parent: None,
+            cgroup_mode: CgroupMode::Auto,
+            proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
+            pool_size: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The cgroup root and parent the sandbox crate works under.
+    pub fn cgroup_config(&self) -> CgroupConfig {
+        CgroupConfig {
+            root: self.cgroup_root.clone(),
+            parent: self
+                .cgroup_parent
+                .clone()
+                .unwrap_or_else(|| format!("fleetmap/{}", self.node_id)),
+        }
+    }
+
+    /// Idle workers to keep: `pool_size`, or the number of CPUs and at least 2.
+    pub fn pool_target(&self, cpus: usize) -> u32 {
+        self.pool_size
+            .unwrap_or_else(|| u32::try_from(cpus.max(2)).unwrap_or(u32::MAX))
+    }
+}
+
+/// Bounds that keep the daemon's memory and concurrency finite.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame body accepted from clients and workers.
+    pub max_frame_bytes: usize,
+    /// Inputs one job may hold queued before its body is read no further.
+    pub queue_items: usize,
+    /// Payload bytes one job may hold queued before its body is read no further.
+    pub queue_bytes: usize,
+    /// Frames buffered per result stream before instances wait for the client.
+    pub stream_frames: usize,
+    /// Jobs that may run at once; more are refused with 429.
+    pub max_jobs: usize,
+    /// Ended jobs remembered for `GET /v1/jobs/{id}`.
+    pub finished_jobs_kept: usize,
+    /// How long to wait for the zygote to report ready at start.
+    pub startup_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
+            queue_items: 262_144,
+            queue_bytes: 64 * 1024 * 1024,
+            stream_frames: 64,
+            max_jobs: 64,
+            finished_jobs_kept: 1024,
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}

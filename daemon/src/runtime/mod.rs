@@ -1,0 +1,91 @@
+//! Where instances run: the narrow [`Runtime`] trait jobs use, chosen once at start.
+//!
+//! A runtime hands out workers that are already connected (a framed Unix socket), placed in a
+//! slot's limits, and whose end it can report; it kills a slot's processes and removes what it
+//! created for a slot. The `process` runtime forks workers from a warm zygote into per-slot
+//! cgroups; a `docker` runtime can implement the same trait with containers.
+
+pub mod conn;
+pub mod exit;
+pub mod process;
+
+use std::fmt::Debug;
+
+use agent_proto::PoolInfo;
+use fleetmap_sandbox::{CgroupFlavor, SandboxError, Slot};
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+
+pub use conn::{ConnError, FrameReader, FrameWriter, WorkerConn};
+pub use exit::{ExitStatus, ExitWatch};
+
+/// A worker handed to an instance: connected, idle (no job yet), inside the slot's limits.
+#[derive(Debug)]
+pub struct Worker {
+    /// Its process id.
+    pub pid: u32,
+    /// Its socket.
+    pub conn: WorkerConn,
+    /// Resolves once the runtime learns how the process ended.
+    pub exit: ExitWatch,
+}
+
+/// What a runtime could not do.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// A file of the runtime's state could not be written or read.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The path concerned.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The worker Python could not be started or did not become ready.
+    #[error("worker interpreter {python}: {reason}")]
+    Interpreter {
+        /// The interpreter path.
+        python: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The runtime is shutting down and hands out nothing more.
+    #[error("the worker runtime is shutting down")]
+    ShuttingDown,
+}
+
+/// The daemon's handle on where instances run. Methods are cheap to call concurrently.
+pub trait Runtime: Send + Sync + Debug {
+    /// `process` or `docker`, as reported in node info.
+    fn kind(&self) -> &'static str;
+
+    /// Version of the worker Python (`3.11.7`).
+    fn python_version(&self) -> String;
+
+    /// Which cgroup flavour enforces slot limits.
+    fn cgroup_flavor(&self) -> CgroupFlavor;
+
+    /// The warm pool's state.
+    fn pool(&self) -> PoolInfo;
+
+    /// A fresh worker placed in `slot`'s limits (creating them if needed). Returns at once
+    /// when the pool has an idle worker; otherwise waits for one to start.
+    fn acquire<'a>(&'a self, slot: &'a Slot) -> BoxFuture<'a, Result<Worker, RuntimeError>>;
+
+    /// How many OOM kills the kernel has made in the slot so far.
+    fn oom_kills(&self, slot_id: &str) -> u64;
+
+    /// SIGKILLs worker `pid` and everything else in the slot; resolves once they are gone.
+    fn kill<'a>(&'a self, slot_id: &'a str, pid: u32) -> BoxFuture<'a, ()>;
+
+    /// Removes what the runtime created for the slot (killing what is left in it).
+    fn release(&self, slot_id: String) -> BoxFuture<'static, ()>;
+
+    /// Stops handing out workers, kills every worker and removes every slot.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}

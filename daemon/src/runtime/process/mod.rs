@@ -1,0 +1,403 @@
+//! The `process` runtime: workers are processes forked from a warm zygote, kept idle in the
+//! pool cgroup, and moved into a slot's cgroup (cpuset + memory limit) when a job takes them.
+//!
+//! Layout under the state dir: `worker/fleetmap_worker.py` (embedded in the binary, written at
+//! start) and `worker.sock` (workers connect here and say HELLO; the pid they claim is checked
+//! against the socket's peer credentials).
+
+mod exits;
+mod pool;
+pub mod stale;
+mod zygote;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_proto::{FrameKind, PoolInfo, WorkerHello, PROTOCOL_VERSION};
+use fleetmap_sandbox::{CgroupFlavor, SlotCgroups, SlotLimits};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::exits::Exits;
+use self::pool::{IdleWorker, Pool};
+use crate::runtime::{Runtime, RuntimeError, Worker, WorkerConn};
+
+/// The worker module, embedded so the daemon binary is all a node needs besides Python.
+pub const WORKER_SOURCE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../images/worker/fleetmap_worker.py"
+));
+
+/// A new connection must say HELLO within this long.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections in their HELLO at once.
+const MAX_HANDSHAKES: usize = 64;
+
+/// What the process runtime is started with.
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    /// The worker Python.
+    pub python: PathBuf,
+    /// The daemon's state dir.
+    pub state_dir: PathBuf,
+    /// Where procfs is mounted.
+    pub proc_root: PathBuf,
+    /// Idle workers to keep.
+    pub pool_target: u32,
+    /// Largest frame body workers may send and receive.
+    pub max_frame_bytes: usize,
+    /// How long the zygote may take to become ready.
+    pub startup_timeout: Duration,
+    /// Where the worker module is written (`<state>/worker/fleetmap_worker.py`).
+    pub worker_file: PathBuf,
+    /// The socket workers connect to (`<state>/worker.sock`).
+    pub socket_path: PathBuf,
+}
+
+impl ProcessOptions {
+    /// Options with the protocol's layout under `state_dir`.
+    pub fn new(python: PathBuf, state_dir: PathBuf, proc_root: PathBuf, pool_target: u32) -> Self {
+        Self {
+            worker_file: state_dir.join("worker").join("fleetmap_worker.py"),
+            socket_path: state_dir.join("worker.sock"),
+            python,
+            state_dir,
+            proc_root,
+            pool_target,
+            max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared by the runtime handle, the zygote task and the acceptor.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    opts: ProcessOptions,
+    cgroups: Arc<dyn SlotCgroups>,
+    pool: Pool,
+    exits: Exits,
+    /// Python version the zygote reported. A std `Mutex`: read or replaced, never awaited on.
+    python: Mutex<String>,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn set_python(&self, version: String) {
+        *self.python.lock().unwrap_or_else(|e| e.into_inner()) = version;
+    }
+}
+
+/// Workers forked from a zygote into per-slot cgroups.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+}
+
+impl ProcessRuntime {
+    /// Kills workers an earlier run left behind, writes the worker module, listens on the
+    /// worker socket and starts the zygote; returns once the zygote is ready.
+    pub async fn start(
+        opts: ProcessOptions,
+        cgroups: Arc<dyn SlotCgroups>,
+    ) -> Result<Self, RuntimeError> {
+        let stale = stale::kill_workers_of(&opts.proc_root, &opts.worker_file);
+        if stale > 0 {
+            info!(killed = stale, "killed workers of an earlier run");
+        }
+        write_worker_file(&opts.worker_file)?;
+        let _ = std::fs::remove_file(&opts.socket_path);
+        let listener = UnixListener::bind(&opts.socket_path).map_err(|source| RuntimeError::Io {
+            op: "bind",
+            path: opts.socket_path.clone(),
+            source,
+        })?;
+        let startup_timeout = opts.startup_timeout;
+        let inner = Arc::new(Inner {
+            pool: Pool::new(opts.pool_target),
+            opts,
+            cgroups,
+            exits: Exits::default(),
+            python: Mutex::new(String::new()),
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let acceptor = tokio::spawn(accept(inner.clone(), listener));
+        let zygote = tokio::spawn(zygote::supervise(inner.clone(), Some(ready_tx)));
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([acceptor, zygote]);
+        let runtime = Self { inner };
+        let python = runtime.inner.opts.python.display().to_string();
+        let outcome = match tokio::time::timeout(startup_timeout, ready_rx).await {
+            Ok(Ok(Ok(version))) => Ok(version),
+            Ok(Ok(Err(err))) => Err(err),
+            Ok(Err(_)) => Err(RuntimeError::ShuttingDown),
+            Err(_) => Err(RuntimeError::Interpreter {
+                python,
+                reason: format!(
+                    "the zygote did not report ready within {} s",
+                    startup_timeout.as_secs()
+                ),
+            }),
+        };
+        match outcome {
+            Ok(version) => {
+                info!(python = %version, "process runtime ready");
+                Ok(runtime)
+            }
+            Err(err) => {
+                runtime.stop().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Waits until the pool holds its target of idle workers, or `limit` passes.
+    pub async fn wait_pool_full(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let info = self.inner.pool.info();
+            if info.idle >= info.target {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(&self) {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        for worker in inner.pool.close() {
+            sigkill(worker.pid);
+        }
+        let tasks: Vec<_> = inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        for pid in inner.exits.live_pids() {
+            sigkill(pid);
+        }
+        let killed = stale::kill_workers_of(&inner.opts.proc_root, &inner.opts.worker_file);
+        let cgroups = inner.cgroups.clone();
+        match tokio::task::spawn_blocking(move || cgroups.cleanup_stale()).await {
+            Ok(Ok(report)) => debug!(?report, killed, "worker cgroups removed"),
+            Ok(Err(err)) => warn!(cause = %err, "cannot remove worker cgroups"),
+            Err(err) => warn!(cause = %err, "cgroup cleanup task failed"),
+        }
+        let _ = std::fs::remove_file(&inner.opts.socket_path);
+        info!("process runtime stopped");
+    }
+}
+
+fn sigkill(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
+fn write_worker_file(path: &Path) -> Result<(), RuntimeError> {
+    let io = |op, source| RuntimeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("mkdir", e))?;
+    }
+    let tmp = path.with_extension("py.tmp");
+    std::fs::write(&tmp, WORKER_SOURCE).map_err(|e| io("write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))
+}
+
+/// Accepts worker connections until shutdown; each gets a HELLO check in its own task.
+async fn accept(inner: Arc<Inner>, listener: UnixListener) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(cause = %err, "accept on the worker socket failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = inner.shutdown.cancelled() => return,
+        };
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HELLO_TIMEOUT, hello(&inner, stream)).await {
+                Ok(Ok(worker)) => {
+                    debug!(pid = worker.pid, "worker joined the pool");
+                    if let Err(worker) = inner.pool.push(worker) {
+                        sigkill(worker.pid);
+                    }
+                }
+                Ok(Err(reason)) => warn!(reason = %reason, "refused a worker connection"),
+                Err(_) => warn!("a worker connection sent no HELLO in time"),
+            }
+        });
+    }
+}
+
+/// Reads and checks a worker's HELLO.
+async fn hello(inner: &Inner, stream: UnixStream) -> Result<IdleWorker, String> {
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("no peer credentials: {e}"))?
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok());
+    let mut conn = WorkerConn::new(stream, inner.opts.max_frame_bytes);
+    let frame = conn
+        .read_frame()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("closed before HELLO")?;
+    frame
+        .expect_kind(FrameKind::Hello)
+        .map_err(|e| e.to_string())?;
+    let hello: WorkerHello = frame.parse_json().map_err(|e| e.to_string())?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "worker speaks protocol {} but the daemon speaks {PROTOCOL_VERSION}",
+            hello.version
+        ));
+    }
+    if peer != Some(hello.pid) {
+        return Err(format!(
+            "HELLO claims pid {} but the socket's peer is {peer:?}",
+            hello.pid
+        ));
+    }
+    Ok(IdleWorker {
+        pid: hello.pid,
+        exit: inner.exits.helloed(hello.pid),
+        conn,
+    })
+}
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn python_version(&self) -> String {
+        self.inner
+            .python
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn cgroup_flavor(&self) -> CgroupFlavor {
+        self.inner.cgroups.flavor()
+    }
+
+    fn pool(&self) -> PoolInfo {
+        self.inner.pool.info()
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        slot: &'a fleetmap_sandbox::Slot,
+    ) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
+        async move {
+            let inner = &self.inner;
+            let limits = SlotLimits {
+                cpus: slot.cpus.clone(),
+                ram_bytes: slot.ram_bytes,
+            };
+            loop {
+                let idle = inner
+                    .pool
+                    .take(|dead| {
+                        sigkill(dead.pid);
+                        inner.exits.forget(dead.pid, &dead.exit);
+                    })
+                    .await?;
+                let placed = inner
+                    .cgroups
+                    .create_slot(&slot.id, &limits)
+                    .and_then(|()| inner.cgroups.move_into_slot(&slot.id, idle.pid));
+                match placed {
+                    Ok(()) => {
+                        return Ok(Worker {
+                            pid: idle.pid,
+                            conn: idle.conn,
+                            exit: idle.exit,
+                        })
+                    }
+                    Err(err) if idle.exit.get().is_some() || !idle.conn.looks_alive() => {
+                        debug!(pid = idle.pid, cause = %err, "worker died while being placed; taking another");
+                        inner.exits.forget(idle.pid, &idle.exit);
+                    }
+                    Err(err) => {
+                        sigkill(idle.pid);
+                        return Err(err.into());
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn oom_kills(&self, slot_id: &str) -> u64 {
+        self.inner.cgroups.oom_kills(slot_id).unwrap_or(0)
+    }
+
+    fn kill<'a>(&'a self, slot_id: &'a str, pid: u32) -> BoxFuture<'a, ()> {
+        sigkill(pid);
+        let cgroups = self.inner.cgroups.clone();
+        let slot = slot_id.to_string();
+        async move {
+            match tokio::task::spawn_blocking(move || cgroups.kill_slot(&slot)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => warn!(slot = slot_id, cause = %err, "cannot kill the slot's processes"),
+                Err(err) => warn!(slot = slot_id, cause = %err, "slot kill task failed"),
+            }
+        }
+        .boxed()
+    }
+
+    fn release(&self, slot_id: String) -> BoxFuture<'static, ()> {
+        let cgroups = self.inner.cgroups.clone();
+        async move {
+            let slot = slot_id.clone();
+            match tokio::task::spawn_blocking(move || cgroups.remove_slot(&slot)).await {
+                Ok(Ok(())) => debug!(slot = %slot_id, "slot removed"),
+                Ok(Err(err)) => warn!(slot = %slot_id, cause = %err, "cannot remove the slot's cgroup"),
+                Err(err) => warn!(slot = %slot_id, cause = %err, "slot removal task failed"),
+            }
+        }
+        .boxed()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.stop().boxed()
+    }
+}

@@ -1,0 +1,281 @@
+//! The warm pool: idle workers that have sent HELLO, how many are being started, and who is
+//! waiting for one. The zygote task reads [`Pool::claim_deficit`] to know how many to fork.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agent_proto::PoolInfo;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::runtime::{ExitWatch, RuntimeError, WorkerConn};
+
+/// A spawn request with no HELLO after this long is assumed lost (the fork failed, the child
+/// died before connecting) and requested again.
+const PENDING_TTL: Duration = Duration::from_secs(10);
+
+/// A worker that has said HELLO and waits for a job.
+#[derive(Debug)]
+pub struct IdleWorker {
+    /// Its process id (checked against the socket's peer credentials).
+    pub pid: u32,
+    /// Its socket.
+    pub conn: WorkerConn,
+    /// Its end, as the zygote reports it.
+    pub exit: ExitWatch,
+}
+
+impl IdleWorker {
+    fn usable(&self) -> bool {
+        self.exit.get().is_none() && self.conn.looks_alive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    idle: VecDeque<IdleWorker>,
+    /// When each outstanding spawn was asked for.
+    pending: VecDeque<Instant>,
+    /// Acquirers waiting because `idle` was empty: they count towards the deficit.
+    waiters: u32,
+    closed: bool,
+}
+
+/// Idle workers and the bookkeeping that keeps `target` of them warm. A std `Mutex`: every
+/// critical section is a few queue operations, never an await.
+#[derive(Debug)]
+pub struct Pool {
+    state: Mutex<PoolState>,
+    target: u32,
+    /// Wakes acquirers when a worker joins the pool or the pool closes.
+    available: Notify,
+    /// Wakes the zygote task when the deficit may have grown.
+    replenish: Notify,
+}
+
+impl Pool {
+    /// An empty pool that keeps `target` idle workers.
+    pub fn new(target: u32) -> Self {
+        Self {
+            state: Mutex::new(PoolState::default()),
+            target,
+            available: Notify::new(),
+            replenish: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Idle count and target.
+    pub fn info(&self) -> PoolInfo {
+        PoolInfo {
+            idle: u32::try_from(self.lock().idle.len()).unwrap_or(u32::MAX),
+            target: self.target,
+        }
+    }
+
+    /// A worker finished its HELLO: it becomes idle. Returns it back if the pool is closed.
+    pub fn push(&self, worker: IdleWorker) -> Result<(), IdleWorker> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(worker);
+            }
+            state.pending.pop_front();
+            state.idle.push_back(worker);
+        }
+        self.available.notify_waiters();
+        Ok(())
+    }
+
+    /// A spawned worker died before its HELLO: its spawn no longer counts as pending.
+    pub fn spawn_lost(&self) {
+        self.lock().pending.pop_front();
+        self.replenish.notify_one();
+    }
+
+    /// The zygote is gone: nothing it was asked for will arrive.
+    pub fn spawns_lost(&self) {
+        self.lock().pending.clear();
+    }
+
+    /// How many workers to fork now to reach the target (plus one per waiting acquirer);
+    /// they are counted as pending from here on.
+    pub fn claim_deficit(&self) -> u32 {
+        let mut state = self.lock();
+        if state.closed {
+            return 0;
+        }
+        let now = Instant::now();
+        while state
+            .pending
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > PENDING_TTL)
+        {
+            state.pending.pop_front();
+        }
+        let have = state.idle.len() + state.pending.len();
+        let want = self.target as usize + state.waiters as usize;
+        let deficit = want.saturating_sub(have);
+        for _ in 0..deficit {
+            state.pending.push_back(now);
+        }
+        u32::try_from(deficit).unwrap_or(u32::MAX)
+    }
+
+    /// Resolves when the deficit may have grown (cancel-safe).
+    pub async fn replenish_wanted(&self) {
+        self.replenish.notified().await;
+    }
+
+    /// Asks the zygote task to check the deficit.
+    pub fn request_replenish(&self) {
+        self.replenish.notify_one();
+    }
+
+    /// Takes an idle worker, waiting for one if none is idle. Dead idle workers met on the way
+    /// are handed to `discard`.
+    pub async fn take(
+        &self,
+        mut discard: impl FnMut(IdleWorker),
+    ) -> Result<IdleWorker, RuntimeError> {
+        let mut waiting = WaitGuard {
+            pool: self,
+            counted: false,
+        };
+        loop {
+            let notified = self.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut dead = Vec::new();
+            let taken = {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(RuntimeError::ShuttingDown);
+                }
+                let mut taken = None;
+                while let Some(worker) = state.idle.pop_front() {
+                    if worker.usable() {
+                        taken = Some(worker);
+                        break;
+                    }
+                    dead.push(worker);
+                }
+                if taken.is_none() && !waiting.counted {
+                    state.waiters += 1;
+                    waiting.counted = true;
+                }
+                taken
+            };
+            for worker in dead {
+                debug!(pid = worker.pid, "dropping an idle worker that is gone");
+                discard(worker);
+            }
+            self.replenish.notify_one();
+            if let Some(worker) = taken {
+                return Ok(worker);
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the pool: acquirers fail from now on; returns the idle workers to kill.
+    pub fn close(&self) -> Vec<IdleWorker> {
+        let idle = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.idle.drain(..).collect()
+        };
+        self.available.notify_waiters();
+        idle
+    }
+}
+
+/// Un-counts an acquirer that stops waiting (it got a worker or was cancelled).
+struct WaitGuard<'a> {
+    pool: &'a Pool,
+    counted: bool,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut state = self.pool.lock();
+            state.waiters = state.waiters.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    fn idle(pid: u32) -> (IdleWorker, UnixStream) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        (
+            IdleWorker {
+                pid,
+                conn: WorkerConn::new(a, 1024),
+                exit: ExitWatch::new(),
+            },
+            b,
+        )
+    }
+
+    #[test]
+    fn deficit_counts_idle_pending_and_waiters() {
+        let pool = Pool::new(2);
+        assert_eq!(pool.claim_deficit(), 2);
+        assert_eq!(pool.claim_deficit(), 0, "both are pending now");
+        pool.spawn_lost();
+        assert_eq!(pool.claim_deficit(), 1);
+        pool.spawns_lost();
+        assert_eq!(pool.claim_deficit(), 2);
+    }
+
+    #[tokio::test]
+    async fn take_waits_for_a_worker_and_skips_dead_ones() {
+        let pool = Arc::new(Pool::new(1));
+        let (dead, peer) = idle(1);
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        pool.push(dead).expect("open");
+        let taker = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut discarded = Vec::new();
+                let worker = pool.take(|w| discarded.push(w.pid)).await;
+                (worker.map(|w| w.pid).ok(), discarded)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(pool.claim_deficit(), 2, "target 1 plus one waiter");
+        let (alive, _peer) = idle(2);
+        pool.push(alive).expect("open");
+        let (taken, discarded) = taker.await.expect("taker");
+        assert_eq!(taken, Some(2));
+        assert_eq!(discarded, vec![1]);
+        assert_eq!(pool.lock().waiters, 0);
+    }
+
+    #[tokio::test]
+    async fn close_fails_waiters_and_returns_idle_workers() {
+        let pool = Arc::new(Pool::new(1));
+        let taker = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.take(|_| {}).await.is_err() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(pool.close().is_empty());
+        assert!(taker.await.expect("taker"));
+        let (worker, _peer) = idle(3);
+        assert!(pool.push(worker).is_err());
+    }
+}
