@@ -11,6 +11,7 @@ remote work before re-raising.
 from __future__ import annotations
 
 import uuid
+import weakref
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 from . import config, errors, local_cluster, pickling, transport, validate
@@ -93,7 +94,10 @@ def remote_parallel_map(
             progress.close()
         return job_id
     if generator:
-        return _iterate(job, ordered)
+        iterator = _iterate(job, ordered)
+        # A generator dropped before its first next() never runs its finally: cancel from here.
+        weakref.finalize(iterator, job.cancel)
+        return iterator
     try:
         return _collect(job, ordered)
     finally:

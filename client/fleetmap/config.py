@@ -31,6 +31,16 @@ def api_key_path() -> Path:
 
 
 _key_cache: Dict[str, Tuple[float, Optional[str]]] = {}
+_key_paths: Dict[Optional[str], str] = {}
+
+
+def _key_file() -> str:
+    """``api_key_path()`` as a string, memoised per FLEETMAP_HOME (this runs on every call)."""
+    env_home = os.environ.get(ENV_HOME)
+    path = _key_paths.get(env_home)
+    if path is None:
+        path = _key_paths[env_home] = str(api_key_path())
+    return path
 
 
 def resolve_api_key(explicit: Optional[str]) -> Optional[str]:
@@ -40,7 +50,7 @@ def resolve_api_key(explicit: Optional[str]) -> Optional[str]:
     env = os.environ.get(ENV_API_KEY)
     if env:
         return env
-    path = str(api_key_path())
+    path = _key_file()
     try:
         mtime = os.stat(path).st_mtime
     except OSError:
@@ -49,7 +59,8 @@ def resolve_api_key(explicit: Optional[str]) -> Optional[str]:
     if cached is not None and cached[0] == mtime:
         return cached[1]
     try:
-        key = Path(path).read_text().strip() or None
+        with open(path) as fh:
+            key = fh.read().strip() or None
     except OSError:
         key = None
     _key_cache[path] = (mtime, key)

@@ -30,6 +30,7 @@ FIRST_BODY_SECONDS = 0.005
 
 FEED_START_ITEMS = 64
 CANCEL_TIMEOUT_S = 2.0
+FEEDER_JOIN_S = 10.0
 
 _FRAMES_HEADERS = {"Content-Type": frames.CONTENT_TYPE, "Accept": frames.CONTENT_TYPE}
 
@@ -101,14 +102,21 @@ class Job:
             self._body = self._first_body()
             self._first = None
         body = self._body
-        headers = dict(_FRAMES_HEADERS)
-        headers.update(self.endpoint.auth_headers)
+        headers = dict(_FRAMES_HEADERS, **self.endpoint.auth_headers)
         path = self.endpoint.path("/v1/jobs")
         for attempt in (0, 1):
             conn, reused = transport.POOL.get(self.endpoint, None)
             try:
+                conn.putrequest("POST", path, skip_accept_encoding=True)
+                for name, value in headers.items():
+                    conn.putheader(name, value)
+                conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders()
                 self._sent = True
-                conn.request("POST", path, body=body, headers=headers)
+                try:
+                    conn.send(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # refused before reading it all: the answer may still be there to read
                 resp = conn.getresponse()
             except transport.RETRYABLE as err:
                 conn.close()
@@ -303,7 +311,7 @@ class Job:
         if state != "completed":
             self._stop_feeder()
         elif self._feeder is not None:
-            self._feeder.join()
+            self._feeder.join(FEEDER_JOIN_S)
         if self._feeder_error is not None:
             raise self._feeder_error
         message = end.get("message")

@@ -92,6 +92,10 @@ def check_environment(dockerfile: Any, packages: Any) -> Dict[str, Any]:
         if packages is None:
             return {"kind": "node_default"}
         return {"kind": "packages", "packages": packages}
+    if packages is not None:
+        raise InvalidArgument(
+            "pass either dockerfile or packages, not both; install the packages with `RUN pip install` in the Dockerfile."
+        )
     if not isinstance(dockerfile, (str, os.PathLike)):
         raise InvalidArgument(f"dockerfile must be the path of a Dockerfile, got {dockerfile!r}.")
     path = os.path.abspath(os.fspath(dockerfile))
@@ -100,7 +104,7 @@ def check_environment(dockerfile: Any, packages: Any) -> Dict[str, Any]:
             text = fh.read()
     except OSError as err:
         raise InvalidArgument(f"dockerfile {path!r} cannot be read ({err.strerror}); pass the path of a Dockerfile.") from None
-    return {"kind": "dockerfile", "path": path, "dockerfile": text, "packages": packages}
+    return {"kind": "dockerfile", "content": text}
 
 
 def check_flags(generator: Any, detach: Any) -> None:

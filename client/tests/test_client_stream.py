@@ -269,3 +269,21 @@ def test_detach_sends_everything_and_returns_the_job_id(scripted):
     assert sorted(job.received) == list(range(3000))
     assert job.spec["detach"] is True
     assert scripted.deletes == []
+
+
+def test_generator_dropped_before_first_next_cancels_the_job(scripted):
+    import gc
+
+    release = threading.Event()
+
+    def script(job):
+        release.wait(5)
+        yield end()
+
+    scripted.on_job = script
+    gen = remote_parallel_map(abs, range(3), generator=True)
+    (job_id,) = scripted.jobs
+    del gen
+    gc.collect()
+    release.set()
+    assert scripted.deletes == [job_id]

@@ -125,8 +125,9 @@ def test_environment_kinds(tmp_path):
     assert validate.check_environment(None, ("numpy==1.26.4 ",)) == {"kind": "packages", "packages": ["numpy==1.26.4"]}
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM debian\n")
-    env = validate.check_environment(dockerfile, ["x"])
-    assert env == {"kind": "dockerfile", "path": str(dockerfile), "dockerfile": "FROM debian\n", "packages": ["x"]}
+    assert validate.check_environment(dockerfile, None) == {"kind": "dockerfile", "content": "FROM debian\n"}
+    with pytest.raises(InvalidArgument, match="either dockerfile or packages, not both"):
+        validate.check_environment(dockerfile, ["x"])
 
 
 def test_inputs_length_is_sent_when_known():

@@ -16,7 +16,8 @@ pub mod inventory;
 pub mod slots;
 
 pub use cgroup::{
-    detect, CgroupConfig, CgroupFlavor, CgroupMode, CleanupReport, SlotCgroups, SlotLimits,
+    detect, detect_with_proc_root, CgroupConfig, CgroupFlavor, CgroupMode, CleanupReport,
+    SlotCgroups, SlotLimits,
 };
 pub use error::SandboxError;
 pub use inventory::Inventory;

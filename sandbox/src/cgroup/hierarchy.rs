@@ -198,6 +198,29 @@ impl RootedHierarchy {
             processes_killed,
         })
     }
+
+    /// Kills and removes everything below `parent`, then `parent`, then each ancestor that
+    /// is empty (one still holding another daemon's cgroups is left, silently).
+    pub(crate) fn remove_all(
+        &self,
+        parent: &Path,
+        kill_round: impl FnMut(&[PathBuf], &[u32]) -> Result<(), SandboxError>,
+    ) -> Result<CleanupReport, SandboxError> {
+        let mut report = self.cleanup_below(parent, kill_round)?;
+        if self.delete(parent)? {
+            report.cgroups_removed += 1;
+        }
+        let mut above = parent.parent();
+        while let Some(rel) = above.filter(|rel| !rel.as_os_str().is_empty()) {
+            for dir in self.dirs(rel) {
+                if let Err(err) = std::fs::remove_dir(&dir) {
+                    debug!(cgroup = %dir.display(), cause = %err, "ancestor kept");
+                }
+            }
+            above = rel.parent();
+        }
+        Ok(report)
+    }
 }
 
 fn is_not_empty(err: &cgroups_rs::error::Error) -> bool {

@@ -137,6 +137,13 @@ pub trait SlotCgroups: Send + Sync + std::fmt::Debug {
     /// Kills every process under `<parent>` (pool and slots, e.g. left by an earlier run that
     /// was killed) and removes every cgroup below it, keeping `<parent>` itself.
     fn cleanup_stale(&self) -> Result<CleanupReport, SandboxError>;
+
+    /// For a graceful shutdown: what `cleanup_stale` does, then removes `<parent>` itself and
+    /// whichever of its ancestors are left empty (those other daemons still use stay), so a
+    /// daemon that stops cleanly leaves nothing on the host.
+    fn remove_all(&self) -> Result<CleanupReport, SandboxError> {
+        self.cleanup_stale()
+    }
 }
 
 /// Chooses the implementation for this host: v2 when `<root>/cgroup.controllers` exists and
@@ -150,7 +157,17 @@ pub fn detect(
     config: &CgroupConfig,
     mode: CgroupMode,
 ) -> Result<Box<dyn SlotCgroups>, SandboxError> {
-    let none = || Box::new(NoneCgroups::new(Path::new(DEFAULT_PROC_ROOT))) as Box<dyn SlotCgroups>;
+    detect_with_proc_root(config, mode, Path::new(DEFAULT_PROC_ROOT))
+}
+
+/// [`detect`], with procfs at `proc_root` (used by the `None` flavour to check the
+/// processes it tracks).
+pub fn detect_with_proc_root(
+    config: &CgroupConfig,
+    mode: CgroupMode,
+    proc_root: &Path,
+) -> Result<Box<dyn SlotCgroups>, SandboxError> {
+    let none = || Box::new(NoneCgroups::new(proc_root)) as Box<dyn SlotCgroups>;
     if mode == CgroupMode::Off {
         info!("cgroups off: instances get CPU affinity only and no memory limit");
         return Ok(none());

@@ -222,6 +222,14 @@ impl SlotCgroups for V1Cgroups {
         Ok(())
     }
 
+    fn remove_all(&self) -> Result<CleanupReport, SandboxError> {
+        let report = self
+            .hier
+            .remove_all(&self.parent, |_, pids| sigkill_each(pids))?;
+        info!(parent = %self.parent.display(), "cgroups removed");
+        Ok(report)
+    }
+
     fn cleanup_stale(&self) -> Result<CleanupReport, SandboxError> {
         let report = self
             .hier

@@ -59,11 +59,16 @@ impl V2Cgroups {
             files::write(&dir.join("cgroup.subtree_control"), SUBTREE)?;
         }
         info!(root = %config.root.display(), parent = %config.parent, "cgroup v2 parent ready");
-        Ok(Self {
+        Ok(Self::at(config))
+    }
+
+    /// A handle on `config` without checking or preparing anything.
+    fn at(config: &CgroupConfig) -> Self {
+        Self {
             hier: RootedHierarchy::v2(&config.root),
             root: config.root.clone(),
             parent: PathBuf::from(&config.parent),
-        })
+        }
     }
 
     fn slot(&self, slot_id: &str) -> Result<PathBuf, SandboxError> {
@@ -125,6 +130,26 @@ impl V2Cgroups {
                 .cgroup(rel)
                 .kill()
                 .map_err(|err| SandboxError::cgroups("write", file, err))
+        } else {
+            sigkill_each(pids)
+        }
+    }
+
+    /// A kill round over every stale cgroup below the parent: the top-level children's
+    /// `cgroup.kill` covers everything beneath them; without it, SIGKILL each pid.
+    fn sweep_round(&self, below: &[PathBuf], pids: &[u32]) -> Result<(), SandboxError> {
+        let top: Vec<&PathBuf> = below
+            .iter()
+            .filter(|rel| rel.parent() == Some(self.parent.as_path()))
+            .collect();
+        if top
+            .iter()
+            .all(|rel| self.root.join(rel).join("cgroup.kill").is_file())
+        {
+            for rel in top {
+                self.kill_round(rel, pids)?;
+            }
+            Ok(())
         } else {
             sigkill_each(pids)
         }
@@ -216,25 +241,18 @@ impl SlotCgroups for V2Cgroups {
         Ok(())
     }
 
+    fn remove_all(&self) -> Result<CleanupReport, SandboxError> {
+        let report = self
+            .hier
+            .remove_all(&self.parent, |below, pids| self.sweep_round(below, pids))?;
+        info!(parent = %self.parent.display(), "cgroups removed");
+        Ok(report)
+    }
+
     fn cleanup_stale(&self) -> Result<CleanupReport, SandboxError> {
-        let report = self.hier.cleanup_below(&self.parent, |below, pids| {
-            // The top-level children's cgroup.kill covers everything beneath them.
-            let top: Vec<&PathBuf> = below
-                .iter()
-                .filter(|rel| rel.parent() == Some(self.parent.as_path()))
-                .collect();
-            if top
-                .iter()
-                .all(|rel| self.root.join(rel).join("cgroup.kill").is_file())
-            {
-                for rel in top {
-                    self.kill_round(rel, pids)?;
-                }
-                Ok(())
-            } else {
-                sigkill_each(pids)
-            }
-        })?;
+        let report = self
+            .hier
+            .cleanup_below(&self.parent, |below, pids| self.sweep_round(below, pids))?;
         if report != CleanupReport::default() {
             info!(
                 cgroups_removed = report.cgroups_removed,
@@ -249,3 +267,7 @@ impl SlotCgroups for V2Cgroups {
 #[cfg(test)]
 #[path = "v2_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "v2_real_tests.rs"]
+mod real_tests;

@@ -1,0 +1,110 @@
+//! Client inputs on their way to a job task: decoded INPUTS batches from the submission's body
+//! and from `POST /v1/jobs/{id}/inputs`, queued with backpressure (a full queue stops reading
+//! the client's body).
+
+use std::sync::Arc;
+
+use agent_proto::{Frame, FrameError, FrameKind, ItemBatch};
+use tracing::debug;
+
+use super::JobHandle;
+use crate::api::frames_in::ReadError;
+use crate::api::request::ClientFrames;
+use crate::error::Error;
+
+/// One step of a client's input stream.
+#[derive(Debug)]
+pub enum ClientInput {
+    /// An INPUTS frame, kept whole so it can be forwarded unchanged, and its decoded items.
+    Batch {
+        /// The frame as received.
+        frame: Frame,
+        /// Its items (zero-copy slices of the frame).
+        batch: ItemBatch,
+    },
+    /// INPUTS_END: no more inputs.
+    End,
+    /// The submission's body broke the protocol after the job was admitted.
+    Invalid(String),
+    /// The submission's body could not be read: the client went away.
+    Disconnected(String),
+}
+
+impl ClientInput {
+    /// Decodes an input-stream frame.
+    pub fn from_frame(frame: Frame) -> Result<Self, FrameError> {
+        match frame.kind {
+            FrameKind::Inputs => {
+                let batch = ItemBatch::from_frame(&frame)?;
+                Ok(Self::Batch { frame, batch })
+            }
+            FrameKind::InputsEnd => Ok(Self::End),
+            got => Err(FrameError::Unexpected {
+                got,
+                expected: "INPUTS or INPUTS_END",
+            }),
+        }
+    }
+}
+
+/// Queues `input`, waiting while the queue is full; false once the job has ended.
+async fn queue(handle: &JobHandle, input: ClientInput) -> bool {
+    tokio::select! {
+        sent = handle.inputs().send(input) => sent.is_ok(),
+        _ = handle.ended() => false,
+    }
+}
+
+/// Reads the rest of a submission's body into the job (a task per job). The body may end
+/// without INPUTS_END: the client then sends the rest with `POST /v1/jobs/{id}/inputs`.
+pub async fn pump_submission(handle: Arc<JobHandle>, mut frames: ClientFrames) {
+    loop {
+        let input = match frames.next().await {
+            Ok(Some(frame)) => match ClientInput::from_frame(frame) {
+                Ok(input) => input,
+                Err(err) => ClientInput::Invalid(err.to_string()),
+            },
+            Ok(None) => return,
+            Err(ReadError::Frame(err)) => ClientInput::Invalid(err.to_string()),
+            Err(ReadError::Body(err)) => ClientInput::Disconnected(err),
+        };
+        let last = !matches!(input, ClientInput::Batch { .. });
+        if matches!(input, ClientInput::End) && !handle.close_inputs() {
+            return;
+        }
+        if !queue(&handle, input).await || last {
+            debug!(job = %handle.job_id, "submission body done");
+            return;
+        }
+    }
+}
+
+/// Queues the frames of a `POST /v1/jobs/{id}/inputs` body; the error becomes the answer to
+/// that request (the job goes on).
+pub async fn push_inputs(handle: &JobHandle, mut frames: ClientFrames) -> Result<(), Error> {
+    loop {
+        if handle.inputs_closed() {
+            return Err(Error::InputsClosed(handle.job_id.clone()));
+        }
+        let frame = match frames.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(ReadError::Frame(err)) => return Err(Error::Frames(err)),
+            Err(ReadError::Body(err)) => return Err(Error::BodyRead(err)),
+        };
+        let input = ClientInput::from_frame(frame)?;
+        if matches!(input, ClientInput::End) && !handle.close_inputs() {
+            return Err(Error::InputsClosed(handle.job_id.clone()));
+        }
+        let end = matches!(input, ClientInput::End);
+        if !queue(handle, input).await {
+            return Err(Error::JobEnded {
+                job_id: handle.job_id.clone(),
+                state: handle.state(),
+            });
+        }
+        if end {
+            return Ok(());
+        }
+    }
+}

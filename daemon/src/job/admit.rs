@@ -1,0 +1,122 @@
+//! Whether this node can take a job at all, decided from its SPEC before any input runs; every
+//! refusal is one sentence saying what to change.
+
+use agent_proto::{EnvSpec, JobSpec, SpecError};
+use thiserror::Error;
+
+use crate::capacity::Capacity;
+
+/// Why a job is refused.
+#[derive(Debug, Error)]
+pub enum AdmitError {
+    /// A field is out of its range.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The job wants an environment other than the node's default.
+    #[error("environment {0:?} needs the environment cache (issue: Environments), which this node does not have yet; leave packages, dockerfile and environment cloning unset to run in the node's default environment")]
+    Environment(&'static str),
+    /// The client's Python differs from the workers'.
+    #[error("the client runs Python {client} but this node's workers run Python {node}; run the client on Python {node_minor} or start the node with --worker-python pointing at a Python {client}")]
+    Python {
+        /// The client's `major.minor`.
+        client: String,
+        /// The workers' full version.
+        node: String,
+        /// The workers' `major.minor`.
+        node_minor: String,
+    },
+    /// The job wants a GPU and this node has none.
+    #[error("func_gpu={0:?} needs a GPU but this node has none; leave func_gpu unset or add a node with that GPU")]
+    Gpu(String),
+    /// One instance can never fit this node.
+    #[error("{0}")]
+    DoesNotFit(String),
+}
+
+/// `major.minor` of a version string (`3.11.7` → `3.11`).
+pub fn major_minor(version: &str) -> &str {
+    let mut dots = version.match_indices('.');
+    match (dots.next(), dots.next()) {
+        (Some(_), Some((second, _))) => &version[..second],
+        _ => version,
+    }
+}
+
+/// Checks a spec against what this node offers.
+pub fn check(spec: &JobSpec, worker_python: &str, capacity: &Capacity) -> Result<(), AdmitError> {
+    spec.validate()?;
+    if spec.environment != EnvSpec::NodeDefault {
+        return Err(AdmitError::Environment(spec.environment.kind_name()));
+    }
+    if let Some(client) = spec.python_version.as_deref() {
+        let node_minor = major_minor(worker_python);
+        if major_minor(client) != node_minor {
+            return Err(AdmitError::Python {
+                client: client.to_string(),
+                node: worker_python.to_string(),
+                node_minor: node_minor.to_string(),
+            });
+        }
+    }
+    if let Some(gpu) = &spec.func_gpu {
+        return Err(AdmitError::Gpu(gpu.clone()));
+    }
+    capacity
+        .fits_ever(Capacity::request(spec))
+        .map_err(|e| AdmitError::DoesNotFit(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetmap_sandbox::Inventory;
+
+    use super::*;
+
+    fn capacity() -> Capacity {
+        Capacity::new(Inventory {
+            cpus: vec![0, 1],
+            ram_bytes: 4 << 30,
+        })
+    }
+
+    #[test]
+    fn major_minor_cuts_the_patch_level() {
+        assert_eq!(major_minor("3.11.7"), "3.11");
+        assert_eq!(major_minor("3.11"), "3.11");
+        assert_eq!(major_minor("3"), "3");
+    }
+
+    #[test]
+    fn refusals_are_one_sentence() {
+        let cap = capacity();
+        let mut spec = JobSpec::new("j");
+        spec.python_version = Some("3.11".into());
+        check(&spec, "3.11.7", &cap).expect("fits");
+
+        spec.python_version = Some("3.12".into());
+        let err = check(&spec, "3.11.7", &cap).expect_err("mismatch");
+        let text = err.to_string();
+        assert!(text.contains("3.12") && text.contains("3.11.7"), "{text}");
+
+        let mut spec = JobSpec::new("j");
+        spec.environment = EnvSpec::Packages { packages: vec![] };
+        let text = check(&spec, "3.11.7", &cap).expect_err("env").to_string();
+        assert!(text.starts_with("environment \"packages\" needs the environment cache (issue: Environments)"), "{text}");
+
+        let mut spec = JobSpec::new("j");
+        spec.func_cpu = 3;
+        assert!(matches!(
+            check(&spec, "3.11.7", &cap),
+            Err(AdmitError::DoesNotFit(_))
+        ));
+        spec.func_cpu = 200;
+        assert!(matches!(
+            check(&spec, "3.11.7", &cap),
+            Err(AdmitError::Spec(_))
+        ));
+        for text in [err.to_string()] {
+            assert_eq!(text.matches(';').count(), 1);
+            assert!(!text.ends_with('.'));
+        }
+    }
+}

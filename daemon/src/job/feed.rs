@@ -1,0 +1,148 @@
+//! Moves INPUTS frames from a request body into a job's queue, reading the body only as fast
+//! as the queue frees up, until INPUTS_END or the body's end.
+
+use agent_proto::{FrameError, FrameKind};
+use http_body::Body;
+use thiserror::Error;
+
+use super::chunk::Segment;
+use super::{Job, JobError};
+use crate::api::body::{BodyError, BodyFrames};
+
+/// Why feeding stopped early.
+#[derive(Debug, Error)]
+pub enum FeedError {
+    /// The body is not a valid frame stream of inputs.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// The job's state refuses more inputs.
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+impl From<FrameError> for FeedError {
+    fn from(err: FrameError) -> Self {
+        Self::Body(BodyError::Frame(err))
+    }
+}
+
+/// How a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// INPUTS_END arrived.
+    InputsEnd,
+    /// The body ended without INPUTS_END (more may come on another request).
+    BodyEnd,
+}
+
+/// Queues every INPUTS frame of `frames`; returns how the body ended.
+pub async fn feed<B>(job: &Job, frames: &mut BodyFrames<B>) -> Result<Fed, FeedError>
+where
+    B: Body + Unpin,
+    B::Error: std::fmt::Display,
+{
+    job.check_accepts_inputs()?;
+    loop {
+        let Some(frame) = frames.next().await? else {
+            return Ok(Fed::BodyEnd);
+        };
+        match frame.kind {
+            FrameKind::Inputs => {
+                let segment = Segment::parse(frame.body).map_err(|e| FrameError::Malformed {
+                    kind: FrameKind::Inputs,
+                    reason: e.to_string(),
+                })?;
+                job.check_accepts_inputs()?;
+                if job.queue().push(segment).await.is_err() {
+                    job.check_accepts_inputs()?;
+                }
+                job.inputs_queued();
+            }
+            FrameKind::InputsEnd => {
+                job.end_inputs()?;
+                if let Some(extra) = frames.next().await? {
+                    return Err(FrameError::Unexpected {
+                        got: extra.kind,
+                        expected: "the end of the body after INPUTS_END",
+                    }
+                    .into());
+                }
+                return Ok(Fed::InputsEnd);
+            }
+            other => {
+                return Err(FrameError::Unexpected {
+                    got: other,
+                    expected: "INPUTS or INPUTS_END",
+                }
+                .into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_proto::{Frame, Item, ItemBatch, JobSpec, JobState};
+    use bytes::{Bytes, BytesMut};
+    use http_body_util::Full;
+
+    use super::*;
+
+    fn body(frames: &[Frame]) -> BodyFrames<Full<Bytes>> {
+        let mut wire = BytesMut::new();
+        for frame in frames {
+            frame.encode_into(&mut wire);
+        }
+        BodyFrames::new(Full::new(wire.freeze()), 1 << 20)
+    }
+
+    fn inputs(range: std::ops::Range<u64>) -> Frame {
+        ItemBatch::new(range.map(|i| Item::new(i, vec![1u8])).collect()).into_frame(FrameKind::Inputs)
+    }
+
+    fn job() -> Job {
+        Job::new(JobSpec::new("j"), Bytes::new(), "n", 100, 1 << 20)
+    }
+
+    #[tokio::test]
+    async fn inputs_then_end() {
+        let job = job();
+        let mut frames = body(&[inputs(0..3), inputs(3..5), Frame::empty(FrameKind::InputsEnd)]);
+        assert_eq!(feed(&job, &mut frames).await.expect("ok"), Fed::InputsEnd);
+        assert_eq!(job.queue().len(), 5);
+        let mut more = body(&[inputs(5..6)]);
+        assert!(matches!(
+            feed(&job, &mut more).await,
+            Err(FeedError::Job(JobError::InputsEnded { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_body_may_end_without_inputs_end() {
+        let job = job();
+        let mut frames = body(&[inputs(0..2)]);
+        assert_eq!(feed(&job, &mut frames).await.expect("ok"), Fed::BodyEnd);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_unexpected_frames_are_refused() {
+        let job = job();
+        let mut frames = body(&[Frame::new(FrameKind::Inputs, vec![9u8, 0, 0, 0])]);
+        let err = feed(&job, &mut frames).await.expect_err("malformed");
+        assert!(err.to_string().starts_with("malformed INPUTS frame"), "{err}");
+        let mut frames = body(&[Frame::empty(FrameKind::Spec)]);
+        let err = feed(&job, &mut frames).await.expect_err("unexpected");
+        assert_eq!(err.to_string(), "unexpected SPEC frame: expected INPUTS or INPUTS_END");
+    }
+
+    #[tokio::test]
+    async fn an_ended_job_takes_nothing() {
+        let job = job();
+        job.finish(JobState::Cancelled, None);
+        let mut frames = body(&[inputs(0..1)]);
+        assert!(matches!(
+            feed(&job, &mut frames).await,
+            Err(FeedError::Job(JobError::Ended { .. }))
+        ));
+    }
+}

@@ -1,0 +1,114 @@
+//! A job's supervisor task: starts instances as work and slots allow, sends STATUS every
+//! 200 ms, notices completion or a client that went away, and after the instances have left
+//! sends END, the last frame of the result stream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::{Frame, FrameKind, JobState};
+use tokio::task::JoinSet;
+use tracing::{info, Instrument};
+
+use super::instance::{self, Instance};
+use super::registry::Registry;
+use super::sink::ResultSink;
+use super::Job;
+use crate::capacity::Capacity;
+use crate::runtime::Runtime;
+
+/// Period of STATUS frames.
+pub const STATUS_EVERY: Duration = Duration::from_millis(200);
+
+/// What a supervisor needs from the daemon.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Where workers come from.
+    pub runtime: Arc<dyn Runtime>,
+    /// Where slots come from.
+    pub capacity: Arc<Capacity>,
+    /// Where the job is listed.
+    pub registry: Arc<Registry>,
+    /// Directory for progress files.
+    pub progress_dir: PathBuf,
+}
+
+/// Runs `job` to its end and closes its result stream with END.
+pub async fn supervise(job: Job, ctx: JobContext, sink: ResultSink) {
+    let span = tracing::info_span!("job", job = %job.id());
+    async move {
+        let mut instances = JoinSet::new();
+        let mut status = tokio::time::interval_at(
+            tokio::time::Instant::now() + STATUS_EVERY,
+            STATUS_EVERY,
+        );
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = job.stop_token().clone();
+        let detach = job.spec().detach;
+        let mut client_gone = false;
+        loop {
+            if job.is_complete() {
+                job.finish(JobState::Completed, None);
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            let freed = ctx.capacity.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let short = start_instances(&job, &ctx, &sink, &mut instances);
+            tokio::select! {
+                _ = job.changed() => {}
+                _ = stop.cancelled() => {}
+                _ = status.tick() => {
+                    sink.try_send(&Frame::json(FrameKind::Status, &job.progress()));
+                }
+                _ = sink.closed(), if !client_gone => {
+                    client_gone = true;
+                    if !detach {
+                        job.finish(
+                            JobState::Cancelled,
+                            "the client disconnected from the result stream".to_string(),
+                        );
+                    }
+                }
+                _ = &mut freed, if short => {}
+                Some(_) = instances.join_next() => job.set_instances(instances.len() as u64),
+            }
+        }
+        while instances.join_next().await.is_some() {}
+        job.set_instances(0);
+        let end = job.end();
+        info!(state = %end.state, done = end.done, failed = end.failed, message = ?end.message, "job ended");
+        sink.send_json(FrameKind::End, &end).await;
+        ctx.registry.ended(&job);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Starts instances up to what the job wants; returns whether it wants more than fit now.
+fn start_instances(
+    job: &Job,
+    ctx: &JobContext,
+    sink: &ResultSink,
+    instances: &mut JoinSet<()>,
+) -> bool {
+    let wanted = job.wanted_instances();
+    let request = Capacity::request(job.spec());
+    while (instances.len() as u64) < wanted {
+        let Some(slot) = ctx.capacity.try_allocate(request) else {
+            return true;
+        };
+        instances.spawn(instance::run(Instance {
+            job: job.clone(),
+            slot,
+            runtime: ctx.runtime.clone(),
+            capacity: ctx.capacity.clone(),
+            sink: sink.clone(),
+            progress_dir: ctx.progress_dir.clone(),
+        }));
+        job.set_instances(instances.len() as u64);
+    }
+    false
+}
