@@ -1,1 +1,99 @@
-fn main() {}
+//! `fleetmap-coordinator`: parses the command line, sets up logging, binds the listener and runs
+//! the coordinator until SIGTERM or SIGINT. Errors become exit code 1 here and nowhere else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use fleetmap_coordinator::{run, Config};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// fleetmap coordinator: node registry, job splitting, result streaming.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// File to write the base URL to once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// SQLite database of job records.
+    #[arg(long)]
+    db: PathBuf,
+    /// How long a job waits for a first live node before it is refused.
+    #[arg(long, default_value_t = 5000)]
+    node_wait_ms: u64,
+    /// How often nodes heartbeat.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// A node silent this long is dead.
+    #[arg(long, default_value_t = 5000)]
+    node_timeout_ms: u64,
+    /// How long inputs of lost nodes wait for a node to re-run them.
+    #[arg(long, default_value_t = 30_000)]
+    redispatch_wait_ms: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(cause = %format!("{err:#}"), "fleetmap-coordinator failed");
+            eprintln!("fleetmap-coordinator: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("FLEETMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let mut config = Config::new(&args.db);
+    config.addr_file = args.addr_file;
+    config.node_wait = Duration::from_millis(args.node_wait_ms);
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+    config.node_timeout = Duration::from_millis(args.node_timeout_ms);
+    config.redispatch_wait = Duration::from_millis(args.redispatch_wait_ms);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    run(config, listener, shutdown).await?;
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //! streaming request bodies (inputs go out while results come back on the same request) and
 //! the cancel call.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use agent_proto::{Frame, FRAMES_CONTENT_TYPE};
@@ -43,6 +45,10 @@ pub enum NodeCallError {
     },
 }
 
+/// The answer to a request whose body is still streaming.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, NodeCallError>> + Send>>;
+
 /// Cheap cloneable client (the pool is shared by clones).
 #[derive(Debug, Clone)]
 pub struct NodeClient {
@@ -74,13 +80,7 @@ impl NodeClient {
     pub fn open_job(
         &self,
         address: &str,
-    ) -> Result<
-        (
-            mpsc::UnboundedSender<Frame>,
-            impl std::future::Future<Output = Result<Response<Incoming>, NodeCallError>>,
-        ),
-        NodeCallError,
-    > {
+    ) -> Result<(mpsc::UnboundedSender<Frame>, ResponseFuture), NodeCallError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let request = build(
             Method::POST,
@@ -88,11 +88,14 @@ impl NodeClient {
             Body::frames_unbounded(rx),
         )?;
         let response = self.http.request(request);
-        Ok((tx, async move {
-            response
-                .await
-                .map_err(|err| NodeCallError::Connection(describe(&err)))
-        }))
+        Ok((
+            tx,
+            Box::pin(async move {
+                response
+                    .await
+                    .map_err(|err| NodeCallError::Connection(describe(&err)))
+            }),
+        ))
     }
 
     /// `DELETE {address}/v1/jobs/{job_id}`, answered within `timeout`.

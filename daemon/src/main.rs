@@ -1,1 +1,130 @@
-fn main() {}
+//! `fleetmapd`: parses flags, sets up logging, binds, and runs the daemon until SIGTERM or
+//! SIGINT. Errors become exit codes here and nowhere else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use fleetmap_sandbox::CgroupMode;
+use fleetmapd::Config;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// fleetmap node daemon: runs Python functions over inputs in cgroup-pinned worker slots.
+#[derive(Debug, Parser)]
+#[command(name = "fleetmapd", version)]
+struct Args {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// File to write the base URL to once serving.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Base URL of the coordinator to register with.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Name of this node, unique in the fleet.
+    #[arg(long)]
+    node_id: String,
+    /// Directory the daemon owns (worker module, socket, progress files).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Python interpreter for the zygote and workers.
+    #[arg(long)]
+    worker_python: PathBuf,
+    /// Mount root of the cgroup filesystem(s).
+    #[arg(long, default_value = fleetmap_sandbox::DEFAULT_CGROUP_ROOT)]
+    cgroup_root: PathBuf,
+    /// Parent cgroup the daemon owns, relative to the root (default `fleetmap/<node-id>`).
+    #[arg(long)]
+    cgroup_parent: Option<String>,
+    /// Idle workers kept warm (default: number of CPUs, at least 2).
+    #[arg(long)]
+    pool_size: Option<u32>,
+    /// Whether cgroups are required, used when available, or off.
+    #[arg(long, value_enum, default_value_t = Cgroups::Auto)]
+    cgroups: Cgroups,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Base URL announced to the coordinator (default: the listening address).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Cgroups {
+    Auto,
+    Required,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("fleetmapd: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "fleetmapd failed");
+            eprintln!("fleetmapd: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut config = Config::new(args.node_id, args.state_dir, args.worker_python);
+    config.addr_file = args.addr_file;
+    config.coordinator = args.coordinator;
+    config.advertise = args.advertise;
+    config.cgroup_root = args.cgroup_root;
+    config.cgroup_parent = args.cgroup_parent;
+    config.pool_size = args.pool_size;
+    config.cgroup_mode = match args.cgroups {
+        Cgroups::Auto => CgroupMode::Auto,
+        Cgroups::Required => CgroupMode::Required,
+        Cgroups::Off => CgroupMode::Off,
+    };
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    fleetmapd::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -187,7 +187,7 @@ def decode_item_batch(body):
     expected = payload_start + sum(lengths)
     if expected != size:
         raise ProtocolError(ProtocolError.MALFORMED,
-                            "item batch of %d items must be %d bytes but is %d bytes"
+                            "item batch with count %d must be %d bytes but is %d bytes"
                             % (count, expected, size))
     return indices, lengths, payload_start
 
@@ -599,7 +599,7 @@ class Worker:
         frame = self.conn.read_frame()
         if frame is not None and frame[0] not in allowed:
             raise ProtocolError(ProtocolError.UNEXPECTED,
-                                "expected %s but the daemon sent a %s frame"
+                                "expected %s but the daemon sent %s"
                                 % (" or ".join(frame_name(k) for k in allowed), frame_name(frame[0])))
         return frame
 
@@ -735,6 +735,7 @@ class Worker:
 
     def _function_exited(self, exc: SystemExit) -> None:
         """The function called ``sys.exit``: flush its output and end the process like Python."""
+        self.flush_output()
         code = exc.code
         if code is None:
             status = 0
@@ -742,8 +743,8 @@ class Worker:
             status = code & 0xFF
         else:
             self.stderr.write("%s\n" % (code,))
+            self.flush_output()
             status = 1
-        self.flush_output()
         raise ExitNow(status)
 
     def _send_failure(self, index: int, info: dict, exc: BaseException = None) -> None:

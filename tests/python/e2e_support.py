@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import List, Optional
@@ -43,6 +44,16 @@ def get_json(url: str, timeout: float = 5.0):
     """GET a JSON document (test-side inspection, independent of the client's transport)."""
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+def delete(url: str, timeout: float = 5.0) -> int:
+    """DELETE ``url``; the HTTP status (errors included)."""
+    request = urllib.request.Request(url, method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 class Cluster:

@@ -31,13 +31,13 @@ LONG_JOB = textwrap.dedent(
         time.sleep(120)
         return x
 
-    remote_parallel_map(slow, range(2), parallelism=2)
+    remote_parallel_map(slow, range(4), parallelism=2)
     """
 )
 
 
 def start_long_job(cluster):
-    """A client process running two 120 s inputs; returns it and the two worker pids + cgroups."""
+    """A client process running four 120 s inputs on two instances; returns it and the two worker pids + cgroups."""
     proc = subprocess.Popen(
         [sys.executable, "-c", LONG_JOB], env=cluster.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -111,6 +111,12 @@ def test_daemon_sigkilled_and_restarted_leaves_no_cgroups(tmp_path, need_cgroups
         old_daemon = cluster.node_pid
         os.kill(old_daemon, signal.SIGKILL)
         assert e2e_support.wait_until(lambda: e2e_support.pid_gone(old_daemon), 5)
+        # End the client and its job so nothing is re-dispatched onto the restarted node: any
+        # slot cgroup still there afterwards is a leftover of the killed daemon.
+        proc.kill()
+        proc.wait()
+        job_id = cluster.jobs()[0]["job_id"]
+        e2e_support.delete(f"{cluster.url}/v1/jobs/{job_id}")
         url = local_cluster.ensure_running(cluster.home, cgroups="required")
         assert url == cluster.url and cluster.node_pid != old_daemon
         cleaned = e2e_support.wait_until(

@@ -73,6 +73,20 @@ pub enum Command {
     },
 }
 
+/// Every (method, path template) the router serves; `tests/openapi.rs` checks it against
+/// `agent-proto/openapi/coordinator.json` both ways, and the unit test below against [`Route`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/health"),
+    ("GET", "/v1/nodes"),
+    ("POST", "/v1/nodes"),
+    ("POST", "/v1/nodes/{node_id}/heartbeat"),
+    ("GET", "/v1/jobs"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("DELETE", "/v1/jobs/{job_id}"),
+    ("POST", "/v1/jobs/{job_id}/inputs"),
+];
+
 /// The coordinator's routes, as documented in `coordinator.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -252,6 +266,22 @@ mod tests {
         assert_eq!(Route::parse("/v1/jobs/"), None);
         assert_eq!(Route::parse("/v2/jobs"), None);
         assert_eq!(Route::parse("/v1/nodes//heartbeat"), None);
+    }
+
+    #[test]
+    fn route_table_matches_the_router() {
+        let mut by_template: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (method, template) in ROUTES {
+            by_template.entry(template).or_default().push(method);
+        }
+        for (template, mut methods) in by_template {
+            let path = template.replace("{node_id}", "n1").replace("{job_id}", "j1");
+            let route = Route::parse(&path).unwrap_or_else(|| panic!("{template} is routed"));
+            let mut allowed: Vec<&str> = route.allow().split(", ").collect();
+            allowed.sort_unstable();
+            methods.sort_unstable();
+            assert_eq!(allowed, methods, "{template}");
+        }
     }
 
     #[test]

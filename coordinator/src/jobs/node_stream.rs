@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::inflight::Slot;
 use super::streams::Loss;
 use crate::api::frames_in::{FrameReader, ReadError};
-use crate::node_client::{NodeCallError, NodeClient};
+use crate::node_client::{NodeClient, ResponseFuture};
 
 /// Largest error body read from a refusing node.
 const MAX_REFUSAL_BYTES: usize = 64 * 1024;
@@ -104,9 +104,7 @@ pub fn open(
 
 async fn relay(
     slot: Slot,
-    response: impl std::future::Future<
-        Output = Result<http::Response<hyper::body::Incoming>, NodeCallError>,
-    >,
+    response: ResponseFuture,
     events: mpsc::Sender<NodeEvent>,
     max_frame_bytes: usize,
 ) {

@@ -164,6 +164,32 @@ where
     }
 }
 
+impl<B> BodyFrames<B>
+where
+    B: Body + Unpin,
+{
+    /// Reads and discards what is left of the body (at most `DRAIN_BYTES`, for at most
+    /// `DRAIN_TIME`) so that an error answer reaches a client that is still sending: closing
+    /// a socket with unread input resets the connection and can lose the answer.
+    pub async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        let mut seen = 0usize;
+        while !self.ended && seen < DRAIN_BYTES {
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    seen += frame.data_ref().map_or(0, |d| d.remaining());
+                }
+                Ok(Some(Err(_)) | None) | Err(_) => self.ended = true,
+            }
+        }
+    }
+}
+
+/// Most bytes [`BodyFrames::drain`] reads.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// Longest [`BodyFrames::drain`] waits.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[cfg(test)]
 mod tests {
     use agent_proto::FrameKind;

@@ -318,7 +318,7 @@ mod tests {
             vec![0, 1, 2, 3, 4]
         );
         assert_eq!(wire.items[4].payload.len(), 4);
-        assert_eq!(first.cost(), 12 * 5 + (0 + 1 + 2 + 3 + 4));
+        assert_eq!(first.cost(), 12 * 5 + (1 + 2 + 3 + 4));
         let rest = Chunk::take_from(&mut segments, 100).expect("items");
         assert_eq!(
             on_the_wire(&rest)

@@ -28,7 +28,7 @@ use super::Job;
 use crate::capacity::Capacity;
 use crate::runtime::{ExitWatch, FrameReader, FrameWriter, Runtime, Worker};
 
-/// Chunks one worker holds at once.
+/// Most chunks one worker holds at once (§4.6; see `ChunkSizer::in_flight_limit`).
 const MAX_IN_FLIGHT: usize = 2;
 /// How often progress files are checked when the job has a timeout.
 const TIMEOUT_CHECK: Duration = Duration::from_millis(50);
@@ -290,7 +290,7 @@ impl WorkerCtx<'_> {
                     }
                     failure.info.node = Some(job.node_id().to_string());
                     self.forward(&failure.to_frame()).await;
-                    info!(message = %failure.info.message, "the function could not be loaded");
+                    info!(reason = %failure.info.message, "the function could not be loaded");
                     job.finish(JobState::Failed, failure.info.message);
                     return Ok(None);
                 }
@@ -340,7 +340,7 @@ impl WorkerCtx<'_> {
                         return self.died(in_flight, None, true).await;
                     }
                 }
-                chunk = job.queue().next_chunk(sizer.next_size()), if in_flight.len() < MAX_IN_FLIGHT => {
+                chunk = job.queue().next_chunk(sizer.next_size()), if in_flight.len() < sizer.in_flight_limit() => {
                     let Some(chunk) = chunk else { continue };
                     job.started(chunk.len() as u64);
                     let chunk = Arc::new(chunk);
@@ -510,7 +510,7 @@ impl WorkerCtx<'_> {
                     spec.timeout_s,
                     job.node_id(),
                 );
-                info!(index, ?death, message = %info.message, "input's worker died");
+                info!(index, ?death, reason = %info.message, "input's worker died");
                 self.forward(&Failure::new(index, info).to_frame()).await;
                 job.answered(0, 1);
             }

@@ -34,6 +34,18 @@ impl ChunkSizer {
         }
     }
 
+    /// Chunks to keep in flight (at most 2, §4.6). A second chunk hides the round trip
+    /// between chunks, which only matters for fast items; for items of 2 ms or more (and
+    /// before anything was timed) it would only hold back work another worker could start,
+    /// e.g. the second of two slow inputs queued behind the first.
+    pub fn in_flight_limit(&self) -> usize {
+        if self.next_size() > 1 {
+            2
+        } else {
+            1
+        }
+    }
+
     /// A chunk of `items` sent at `sent` finished at `done`. With two chunks in flight a chunk
     /// waits behind the previous one, so its service time starts at the later of its send and
     /// the previous chunk's end.
@@ -71,6 +83,18 @@ mod tests {
         // 1 item took 100 µs → 20 items fill 2 ms.
         sizer.observe(1, t0, t0 + Duration::from_micros(100));
         assert_eq!(sizer.next_size(), 20);
+    }
+
+    #[test]
+    fn only_fast_items_are_pipelined() {
+        let mut sizer = ChunkSizer::new();
+        assert_eq!(sizer.in_flight_limit(), 1, "untimed");
+        let t0 = Instant::now();
+        sizer.observe(1, t0, t0 + Duration::from_millis(5));
+        assert_eq!(sizer.in_flight_limit(), 1, "slow items");
+        let mut fast = ChunkSizer::new();
+        fast.observe(10, t0, t0 + Duration::from_micros(50));
+        assert_eq!(fast.in_flight_limit(), 2);
     }
 
     #[test]

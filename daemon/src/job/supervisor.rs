@@ -79,7 +79,7 @@ pub async fn supervise(job: Job, ctx: JobContext, sink: ResultSink) {
         while instances.join_next().await.is_some() {}
         job.set_instances(0);
         let end = job.end();
-        info!(state = %end.state, done = end.done, failed = end.failed, message = ?end.message, "job ended");
+        info!(state = %end.state, done = end.done, failed = end.failed, reason = ?end.message, "job ended");
         sink.send_json(FrameKind::End, &end).await;
         ctx.registry.ended(&job);
     }

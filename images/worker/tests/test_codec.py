@@ -36,9 +36,9 @@ def test_empty_item_batch_round_trips():
 @pytest.mark.parametrize("body, fragment", [
     (b"\x01\x00", "shorter than its 4-byte count"),
     (struct.pack("<I", 1000) + bytes(20), "cannot hold"),
-    (harness.item_batch([(1, b"ab")]) + b"!", "must be 19 bytes but is 20"),
+    (harness.item_batch([(1, b"ab")]) + b"!", "count 1 must be 18 bytes but is 19"),
     (harness.item_batch([(1, b"ab")])[:-1], "must be 18 bytes but is 17"),
-])
+], ids=["short", "table-overflow", "trailing-byte", "missing-byte"])
 def test_malformed_item_batches_are_refused(body, fragment):
     with pytest.raises(fw.ProtocolError) as caught:
         fw.decode_item_batch(body)
@@ -85,7 +85,7 @@ def test_frame_reader_reads_frames_then_none_at_clean_eof():
     (harness.frame(fw.INPUTS, b"abcdef")[:-2], "Truncated", "after 4 of 6 body bytes"),
     (harness.frame(0x7E, b""), "UnknownKind", "unknown frame kind 0x7e"),
     (struct.pack("<BI", fw.INPUTS, 1025), "FrameTooLarge", "1025 bytes is too large"),
-])
+], ids=["short-header", "short-body", "unknown-kind", "too-large"])
 def test_frame_reader_errors(data, code, fragment):
     with pytest.raises(fw.ProtocolError) as caught:
         _reader(data).read_frame()
@@ -166,19 +166,25 @@ def test_captured_output_splits_text_larger_than_a_frame():
 def test_captured_output_keeps_lines_whole_across_threads():
     pair = _Pair()
     pair.attribution.index = 9
+    lines = []
+
+    def drain():
+        while len(lines) < 800:
+            index, stream, text = pair.outputs(1)[0]
+            assert index == 9 and stream == 1
+            lines.extend(text.splitlines())
 
     def chatter(name):
         for i in range(200):
             pair.stdout.write("%s line %d\n" % (name, i))
 
+    reader = threading.Thread(target=drain)
+    reader.start()
     threads = [threading.Thread(target=chatter, args=("t%d" % n,)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    lines = []
-    while len(lines) < 800:
-        index, stream, text = pair.outputs(1)[0]
-        assert index == 9
-        lines.extend(text.splitlines())
+    reader.join(10)
+    assert not reader.is_alive()
     assert sorted(lines) == sorted("t%d line %d" % (n, i) for n in range(4) for i in range(200))

@@ -1,0 +1,39 @@
+//! The HTTP API: requests are parsed into typed commands ([`request`]), commands are applied by
+//! [`handlers`], and errors become answers in one place ([`crate::error::error_response`]).
+
+pub mod body;
+pub mod frames_in;
+pub mod handlers;
+pub mod request;
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::error::error_response;
+use crate::state::State;
+use body::Body;
+use request::Limits;
+
+/// Serves one request: parse, apply, answer.
+pub async fn serve(state: State, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let limits = Limits {
+        max_json_bytes: state.config.max_json_bytes,
+        max_frame_bytes: state.config.max_frame_bytes,
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let answer = match request::parse(req, limits).await {
+        Ok(command) => handlers::apply(&state, command).await,
+        Err(err) => Err(err),
+    };
+    Ok(match answer {
+        Ok(response) => response,
+        Err(err) => {
+            debug!(%method, %path, status = err.code().status(), cause = %err, "request refused");
+            error_response(&err)
+        }
+    })
+}

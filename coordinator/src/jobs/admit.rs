@@ -1,0 +1,128 @@
+//! Admission of a submitted job: environment check, waiting for a first live node, placement,
+//! then the job task is started and the submission is answered once a node accepted.
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::inputs::pump_submission;
+use super::plan::{self, Placement};
+use super::run::JobRun;
+use super::JobHandle;
+use crate::api::body::Body;
+use crate::api::request::Submission;
+use crate::error::Error;
+use crate::state::State;
+use crate::store::{now_ms, JobRecord};
+
+/// Result frames queued for the client before the job waits (backpressure to the nodes).
+const CLIENT_QUEUE: usize = 64;
+
+/// Admits a submission and answers with its result stream.
+pub async fn submit(
+    state: &State,
+    submission: Submission,
+) -> Result<http::Response<Body>, Error> {
+    let Submission {
+        spec,
+        function,
+        initial,
+        rest,
+    } = submission;
+    if state.shutdown.is_cancelled() {
+        return Err(Error::ShuttingDown);
+    }
+    if state.jobs.contains(&spec.job_id) {
+        return Err(Error::JobExists(spec.job_id.clone()));
+    }
+    let created_at_ms = now_ms();
+    let placements = match place(state, &spec).await {
+        Ok(placements) => placements,
+        Err(err) => {
+            record_refusal(state, &spec, created_at_ms, &err).await;
+            return Err(err);
+        }
+    };
+    let (handle, inputs) = JobHandle::new(&spec, created_at_ms);
+    state.jobs.insert(handle.clone())?;
+    info!(
+        job = %spec.job_id,
+        func_cpu = spec.func_cpu,
+        func_ram_gb = spec.func_ram_gb,
+        nodes = placements.len(),
+        instances = placements.iter().map(|p| p.share).sum::<u64>(),
+        "job admitted"
+    );
+    state.store.put(handle.record(None)).await;
+    let (client_tx, client_rx) = mpsc::channel(CLIENT_QUEUE);
+    let (admission_tx, admission) = oneshot::channel();
+    let run = JobRun::new(
+        state.clone(),
+        spec,
+        function,
+        handle.clone(),
+        inputs,
+        client_tx,
+        admission_tx,
+    );
+    state.tasks.spawn(run.run(placements, initial));
+    state.tasks.spawn(pump_submission(handle, rest));
+    match admission.await {
+        Ok(Ok(())) => Ok(Body::frames_response(client_rx)),
+        Ok(Err(err)) => Err(err),
+        // The job task always answers before it ends; only a runtime shutting down drops it.
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}
+
+/// Waits up to the node wait for a live node, then places the job on the live nodes.
+async fn place(state: &State, spec: &agent_proto::JobSpec) -> Result<Vec<Placement>, Error> {
+    plan::check_environment(spec)?;
+    let started = Instant::now();
+    let deadline = started + state.config.node_wait;
+    let mut changes = state.registry.subscribe();
+    loop {
+        changes.mark_unchanged();
+        let live = state.registry.live(Instant::now());
+        if !live.is_empty() {
+            return plan::place(spec, &live);
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Err(Error::ShuttingDown);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Error::NoNode {
+                    waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            _ = state.shutdown.cancelled() => return Err(Error::ShuttingDown),
+        }
+    }
+}
+
+/// Records a job refused before it started, so `GET /v1/jobs` shows why.
+async fn record_refusal(
+    state: &State,
+    spec: &agent_proto::JobSpec,
+    created_at_ms: u64,
+    err: &Error,
+) {
+    state
+        .store
+        .put(JobRecord {
+            job_id: spec.job_id.clone(),
+            state: agent_proto::JobState::Failed,
+            created_at_ms,
+            finished_at_ms: Some(now_ms()),
+            inputs: 0,
+            done: 0,
+            failed: 0,
+            func_cpu: spec.func_cpu,
+            func_ram_gb: spec.func_ram_gb,
+            message: Some(err.to_string()),
+        })
+        .await;
+}

@@ -1,0 +1,94 @@
+//! The end of a job: cancel its parts on the nodes (all at once, each bounded by the cancel
+//! timeout), send END, record the outcome and leave the live table.
+
+use std::time::Duration;
+
+use agent_proto::{Frame, FrameKind, JobEnd, JobState};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::run::{JobRun, Outcome};
+use super::streams::StreamState;
+use crate::error::Error;
+use crate::store::now_ms;
+
+/// How long END may wait for a slow client.
+const END_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl JobRun {
+    /// Ends the job with `outcome`.
+    pub(super) async fn finish(mut self, mut outcome: Outcome) {
+        let job_id = self.spec.job_id.clone();
+        let cancels = if outcome.state == JobState::Completed {
+            JoinSet::new()
+        } else {
+            self.cancel_nodes()
+        };
+        if let Some(admission) = self.admission.take() {
+            let err = outcome
+                .admission_error
+                .take()
+                .unwrap_or_else(|| Error::EndedBeforeAdmission {
+                    job_id: job_id.clone(),
+                    state: outcome.state,
+                    message: outcome.message.clone().unwrap_or_default(),
+                });
+            let _ = admission.send(Err(err));
+        } else if let Some(tx) = self.client.sender() {
+            let end = JobEnd {
+                state: outcome.state,
+                done: self.done,
+                failed: self.failed,
+                message: outcome.message.clone(),
+            };
+            let frame = Frame::json(FrameKind::End, &end);
+            if tokio::time::timeout(END_TIMEOUT, tx.send(frame)).await.is_err() {
+                warn!(job = %job_id, "client did not read END in time");
+            }
+        }
+        self.client.disconnect();
+        cancels.join_all().await;
+        self.publish_counts();
+        self.handle.set_state(outcome.state, outcome.message.clone());
+        let record = self.handle.record(Some(now_ms()));
+        info!(
+            job = %job_id,
+            state = %outcome.state,
+            inputs = record.inputs,
+            done = record.done,
+            failed = record.failed,
+            message = outcome.message.as_deref().unwrap_or(""),
+            "job ended"
+        );
+        self.state.store.put(record).await;
+        self.state.jobs.remove(&self.handle);
+        self.handle.mark_ended();
+    }
+
+    /// Stops every stream that may still run inputs and asks its node to cancel its part.
+    fn cancel_nodes(&mut self) -> JoinSet<()> {
+        let mut cancels = JoinSet::new();
+        let timeout = self.state.config.node_cancel_timeout;
+        for stream in &mut self.streams {
+            if !stream.state.is_active() {
+                continue;
+            }
+            // Dropping the connection alone cancels the part on the node (it is never
+            // detached); the DELETE makes it explicit and bounded in time.
+            stream.stop(StreamState::Ended);
+            let client = self.state.nodes.clone();
+            let (address, node_job_id, node) = (
+                stream.address.clone(),
+                stream.node_job_id.clone(),
+                stream.node_id.clone(),
+            );
+            let job_id = self.spec.job_id.clone();
+            cancels.spawn(async move {
+                if let Err(err) = client.cancel_job(&address, &node_job_id, timeout).await {
+                    warn!(job = %job_id, node = %node, cause = %err, "cancel on node failed");
+                }
+            });
+        }
+        cancels
+    }
+}

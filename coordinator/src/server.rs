@@ -1,0 +1,138 @@
+//! The accept loop and graceful shutdown (mini-redis `server.rs`): connections are served
+//! concurrently up to a limit; on shutdown the listener closes, running jobs are cancelled (their
+//! clients get END), connections finish their current request, and the store is flushed.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::registry;
+use crate::state::State;
+use crate::store::Store;
+
+/// Runs a coordinator on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let store = Store::open(&config.db_path)?;
+    let addr = listener.local_addr().map_err(Error::Listener)?;
+    let url = format!("http://{addr}");
+    if let Some(path) = &config.addr_file {
+        write_addr_file(path, &url)?;
+    }
+    let state = State::new(config, store);
+    info!(%url, db = %state.config.db_path.display(), "coordinator listening");
+    let reaper = tokio::spawn(registry::run_reaper(
+        state.registry.clone(),
+        state.config.reap_interval(),
+        state.shutdown.clone(),
+    ));
+
+    tokio::select! {
+        result = accept_loop(&listener, &state) => {
+            if let Err(err) = &result {
+                error!(cause = %err, "accept loop failed");
+            }
+        }
+        _ = shutdown => info!("shutting down"),
+    }
+    drop(listener);
+
+    state.jobs.cancel_all("the coordinator is shutting down");
+    state.shutdown.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(state.config.shutdown_grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = state.tasks.len(),
+            "connections or jobs still running after the shutdown grace period"
+        );
+    }
+    let _ = reaper.await;
+    state.store.clone().close().await;
+    info!("coordinator stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: &TcpListener, state: &State) -> Result<(), Error> {
+    let limit = Arc::new(Semaphore::new(state.config.max_connections));
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(1);
+                stream
+            }
+            Err(err) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                warn!(cause = %err, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let state = state.clone();
+        state.tasks.clone().spawn(async move {
+            serve_connection(stream, state).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, state: State) {
+    if let Err(err) = stream.set_nodelay(true) {
+        debug!(cause = %err, "cannot disable Nagle on a connection");
+    }
+    let service_state = state.clone();
+    let service = service_fn(move |req| crate::api::serve(service_state.clone(), req));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                debug!(cause = %err, "connection ended with an error");
+            }
+        }
+        _ = state.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            if let Err(err) = connection.await {
+                debug!(cause = %err, "connection ended with an error during shutdown");
+            }
+        }
+    }
+}
+
+/// Writes `url` to `path` atomically: a reader sees no file or the whole URL.
+fn write_addr_file(path: &Path, url: &str) -> Result<(), Error> {
+    let wrap = |source| Error::AddrFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, url).map_err(wrap)?;
+    std::fs::rename(&tmp, path).map_err(wrap)
+}

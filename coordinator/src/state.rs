@@ -1,0 +1,65 @@
+//! The coordinator's shared state: a cheap cloneable handle every connection and job task holds.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::jobs::Jobs;
+use crate::node_client::NodeClient;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// What the handle points to.
+#[derive(Debug)]
+pub struct Inner {
+    /// Settings.
+    pub config: Config,
+    /// Known nodes.
+    pub registry: Registry,
+    /// Running jobs.
+    pub jobs: Jobs,
+    /// Job records.
+    pub store: Store,
+    /// Pooled client to the nodes.
+    pub nodes: NodeClient,
+    /// Every connection and job task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Fired once when the coordinator starts shutting down.
+    pub shutdown: CancellationToken,
+}
+
+/// Cloneable handle to the shared state.
+#[derive(Debug, Clone)]
+pub struct State {
+    inner: Arc<Inner>,
+}
+
+impl State {
+    /// State for `config`, recording jobs in `store`.
+    pub fn new(config: Config, store: Store) -> Self {
+        let registry = Registry::new(config.node_timeout, config.max_nodes);
+        let jobs = Jobs::new(config.max_jobs);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                registry,
+                jobs,
+                store,
+                nodes: NodeClient::new(),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+}
+
+impl Deref for State {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}

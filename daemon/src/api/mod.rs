@@ -1,0 +1,166 @@
+//! The HTTP API (`docs/protocol.md` §3 "Daemon"). A request is first parsed into an
+//! [`ApiRequest`] (route, path parameter, and for job submissions the SPEC and FUNCTION
+//! frames); [`jobs`] and the small handlers here then apply it; [`error::response`] is the
+//! only place an error becomes a status.
+
+pub mod body;
+pub mod error;
+pub mod jobs;
+pub mod route;
+
+use std::convert::Infallible;
+
+use agent_proto::{Frame, FrameKind, JobSpec, SOFTWARE_VERSION};
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use self::body::{full, BodyFrames, ResponseBody};
+use self::error::ApiError;
+use self::route::{NoRoute, Route};
+use crate::state::Daemon;
+
+/// A request parsed into what it asks for.
+#[derive(Debug)]
+pub enum ApiRequest {
+    /// `GET /v1/health`.
+    Health,
+    /// `GET /v1/node`.
+    Node,
+    /// `GET /v1/jobs`.
+    ListJobs,
+    /// `GET /v1/jobs/{id}`.
+    GetJob(String),
+    /// `DELETE /v1/jobs/{id}`.
+    CancelJob(String),
+    /// `POST /v1/jobs`: SPEC and FUNCTION read, inputs still in the body.
+    SubmitJob(Submission),
+    /// `POST /v1/jobs/{id}/inputs`.
+    JobInputs {
+        /// The job.
+        job_id: String,
+        /// The body: INPUTS*, [INPUTS_END].
+        frames: BodyFrames,
+    },
+}
+
+/// A job submission whose SPEC and FUNCTION have been read.
+#[derive(Debug)]
+pub struct Submission {
+    /// The SPEC frame's job spec (not yet validated).
+    pub spec: JobSpec,
+    /// The FUNCTION frame's body.
+    pub function: Bytes,
+    /// The rest of the body: inputs.
+    pub inputs: BodyFrames,
+}
+
+/// Serves one request; never fails (errors become answers).
+pub async fn handle(
+    daemon: Daemon,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let answer = match parse(&daemon, request).await {
+        Ok(parsed) => apply(&daemon, parsed).await,
+        Err(err) => Err(err),
+    };
+    Ok(answer.unwrap_or_else(|err| {
+        debug!(%method, %path, code = ?err.code(), error = %err, "request refused");
+        error::response(&err)
+    }))
+}
+
+/// Turns a request into an [`ApiRequest`].
+pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiRequest, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let route = route::route(&parts.method, path).map_err(|no| match no {
+        NoRoute::NotFound => ApiError::NoRoute {
+            path: path.to_string(),
+        },
+        NoRoute::MethodNotAllowed(allowed) => ApiError::Method {
+            path: path.to_string(),
+            method: parts.method.to_string(),
+            allowed: allowed.join(", "),
+        },
+    })?;
+    let max_frame = daemon.inner().limits.max_frame_bytes;
+    Ok(match route {
+        Route::Health => ApiRequest::Health,
+        Route::Node => ApiRequest::Node,
+        Route::ListJobs => ApiRequest::ListJobs,
+        Route::GetJob(id) => ApiRequest::GetJob(id),
+        Route::CancelJob(id) => ApiRequest::CancelJob(id),
+        Route::JobInputs(job_id) => ApiRequest::JobInputs {
+            job_id,
+            frames: BodyFrames::new(body, max_frame),
+        },
+        Route::SubmitJob => {
+            let mut frames = BodyFrames::new(body, max_frame);
+            match read_head(&mut frames).await {
+                Ok((spec, function)) => ApiRequest::SubmitJob(Submission {
+                    spec,
+                    function,
+                    inputs: frames,
+                }),
+                Err(err) => {
+                    frames.drain().await;
+                    return Err(err);
+                }
+            }
+        }
+    })
+}
+
+/// Reads the SPEC and FUNCTION frames that open a submission.
+async fn read_head(frames: &mut BodyFrames) -> Result<(JobSpec, Bytes), ApiError> {
+    let spec: JobSpec = next_of(frames, FrameKind::Spec).await?.parse_json()?;
+    let function = next_of(frames, FrameKind::Function).await?.body;
+    Ok((spec, function))
+}
+
+async fn next_of(frames: &mut BodyFrames, kind: FrameKind) -> Result<Frame, ApiError> {
+    let frame = frames.next().await?.ok_or(ApiError::Missing(kind.name()))?;
+    frame.expect_kind(kind)?;
+    Ok(frame)
+}
+
+/// Carries out a parsed request.
+pub async fn apply(daemon: &Daemon, request: ApiRequest) -> Result<Response<ResponseBody>, ApiError> {
+    match request {
+        ApiRequest::Health => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "version": SOFTWARE_VERSION}),
+        )),
+        ApiRequest::Node => Ok(json(StatusCode::OK, &crate::node::info(daemon))),
+        ApiRequest::ListJobs => Ok(json(
+            StatusCode::OK,
+            &daemon.inner().registry.list(),
+        )),
+        ApiRequest::GetJob(id) => {
+            let status = daemon
+                .inner()
+                .registry
+                .status(&id)
+                .ok_or(ApiError::NoJob(id))?;
+            Ok(json(StatusCode::OK, &status))
+        }
+        ApiRequest::CancelJob(id) => jobs::cancel(daemon, id),
+        ApiRequest::SubmitJob(submission) => jobs::submit(daemon, submission).await,
+        ApiRequest::JobInputs { job_id, frames } => jobs::inputs(daemon, job_id, frames).await,
+    }
+}
+
+/// A JSON answer.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+    let mut response = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

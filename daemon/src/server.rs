@@ -1,0 +1,186 @@
+//! Startup, the accept loop and graceful shutdown: [`run`] is what `main` and the black-box
+//! tests call with a bound listener and a shutdown future.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::JobState;
+use fleetmap_sandbox::{detect, Inventory, SlotCgroups};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::capacity::Capacity;
+use crate::config::Config;
+use crate::error::DaemonError;
+use crate::job::registry::Registry;
+use crate::runtime::process::{ProcessOptions, ProcessRuntime};
+use crate::runtime::Runtime;
+use crate::state::{Daemon, Inner};
+
+/// How long startup waits for the pool to fill before serving anyway.
+const POOL_FILL_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for cancelled jobs to send END.
+const JOBS_DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for open connections to finish.
+const CONNECTIONS_DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Starts the daemon on `listener` and serves until `shutdown` resolves; then stops accepting,
+/// cancels every job, kills every worker, removes its cgroups and its socket.
+///
+/// At start, workers and cgroups left by an earlier run under the same state dir and cgroup
+/// parent are killed and removed. Once the daemon serves, its base URL is written to
+/// `config.addr_file` (atomically).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let state_dir = config.state_dir.clone();
+    let progress_dir = state_dir.join("progress");
+    for dir in [&state_dir, &progress_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("mkdir", dir, e))?;
+    }
+    let inventory = Inventory::detect_with_roots(&config.cgroup_root, &config.proc_root)?;
+    let cgroups: Arc<dyn SlotCgroups> =
+        Arc::from(detect(&config.cgroup_config(), config.cgroup_mode)?);
+    let cleanup = {
+        let cgroups = cgroups.clone();
+        tokio::task::spawn_blocking(move || cgroups.cleanup_stale()).await
+    };
+    match cleanup {
+        Ok(Ok(report)) if report.cgroups_removed > 0 || report.processes_killed > 0 => info!(
+            cgroups = report.cgroups_removed,
+            processes = report.processes_killed,
+            "removed what an earlier run left"
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => warn!(cause = %err, "cannot remove what an earlier run left"),
+        Err(err) => warn!(cause = %err, "stale cleanup task failed"),
+    }
+    let pool_target = config.pool_target(inventory.cpus.len());
+    let mut opts = ProcessOptions::new(
+        config.worker_python.clone(),
+        state_dir.clone(),
+        config.proc_root.clone(),
+        pool_target,
+    );
+    opts.max_frame_bytes = config.limits.max_frame_bytes;
+    opts.startup_timeout = config.limits.startup_timeout;
+    let process = ProcessRuntime::start(opts, cgroups).await?;
+    if !process.wait_pool_full(POOL_FILL_WAIT).await {
+        warn!(target = pool_target, "the worker pool is not full yet; serving anyway");
+    }
+    let runtime: Arc<dyn Runtime> = Arc::new(process);
+
+    let local = listener.local_addr().map_err(DaemonError::Listener)?;
+    let base_url = format!("http://{local}");
+    let daemon = Daemon::new(Inner {
+        node_id: config.node_id.clone(),
+        address: config.advertise.clone().unwrap_or_else(|| base_url.clone()),
+        hostname: sysinfo::System::host_name().unwrap_or_default(),
+        limits: config.limits.clone(),
+        capacity: Arc::new(Capacity::new(inventory)),
+        registry: Arc::new(Registry::new(
+            config.limits.max_jobs,
+            config.limits.finished_jobs_kept,
+        )),
+        runtime: runtime.clone(),
+        progress_dir,
+        shutdown: CancellationToken::new(),
+    });
+    if let Some(file) = &config.addr_file {
+        write_atomically(file, &base_url)?;
+    }
+    if let Some(coordinator) = config.coordinator.clone() {
+        tokio::spawn(crate::coordinator::heartbeat(
+            daemon.clone(),
+            coordinator,
+            daemon.inner().shutdown.clone(),
+        ));
+    }
+    info!(
+        node = %config.node_id,
+        url = %base_url,
+        python = %runtime.python_version(),
+        cgroup = runtime.cgroup_flavor().as_str(),
+        pool = pool_target,
+        "fleetmapd serving"
+    );
+
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        warn!(cause = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let d = daemon.clone();
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |request| crate::api::handle(d.clone(), request)),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(err) = conn.await {
+                        debug!(%peer, cause = %err, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    stop(&daemon, graceful).await;
+    if let Some(file) = &config.addr_file {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(())
+}
+
+/// The shutdown sequence after the listener is closed.
+async fn stop(daemon: &Daemon, graceful: GracefulShutdown) {
+    let d = daemon.inner();
+    info!(jobs = d.registry.live_count(), "shutting down");
+    d.shutdown.cancel();
+    for job in d.registry.live() {
+        job.finish(
+            JobState::Cancelled,
+            "the node is shutting down".to_string(),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + JOBS_DRAIN_WAIT;
+    while d.registry.live_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if tokio::time::timeout(CONNECTIONS_DRAIN_WAIT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the drain period; closing them");
+    }
+    d.runtime.shutdown().await;
+    info!("fleetmapd stopped");
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), DaemonError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(|e| DaemonError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DaemonError::io("rename", path, e))
+}

@@ -1,0 +1,334 @@
+//! Black-box job tests: a daemon from `fleetmapd::run` on `127.0.0.1:0`, a real zygote and
+//! real Python workers in real cgroups, spoken to over HTTP with frames.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use agent_proto::{FailureKind, Frame, FrameKind, JobState, NO_INDEX};
+use bytes::Bytes;
+use fleetmap_sandbox::CgroupMode;
+use http::{Method, StatusCode};
+use support::{
+    collect, frames, function, int_inputs, request, run_job, spec, submission, TestDaemon,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_inputs_come_back_exactly_once() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("ten-k", CgroupMode::Required).await;
+    let mut job = spec("ten-k");
+    job.expected_inputs = Some(10_000);
+    let out = run_job(daemon.addr, &job, &function("double", None), 0..10_000).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert_eq!(out.end().done, 10_000);
+    assert_eq!(out.results.len(), 10_000);
+    for i in 0..10_000u64 {
+        assert_eq!(out.int(i), Some(2 * i as i64), "input {i}");
+    }
+    assert!(out.failures.is_empty());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inputs_can_follow_on_a_second_request() {
+    require!(python);
+    let daemon = TestDaemon::start("second-body", CgroupMode::Auto).await;
+    let job = spec("second-body");
+    let mut first = vec![
+        Frame::json(FrameKind::Spec, &job),
+        Frame::new(FrameKind::Function, function("double", None)),
+    ];
+    first.extend(int_inputs(0..100, 50));
+    let response = request(daemon.addr, Method::POST, "/v1/jobs", frames(&first))
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut rest = int_inputs(100..250, 60);
+    rest.push(Frame::empty(FrameKind::InputsEnd));
+    let (status, body) = support::call(
+        daemon.addr,
+        Method::POST,
+        "/v1/jobs/second-body/inputs",
+        frames(&rest),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&body));
+    let out = collect(response).await;
+    assert_eq!(out.end().state, JobState::Completed);
+    assert_eq!(out.results.len(), 250);
+    assert_eq!(out.int(249), Some(498));
+    let (status, _) = support::call(
+        daemon.addr,
+        Method::POST,
+        "/v1/jobs/second-body/inputs",
+        frames(&int_inputs(250..251, 1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "an ended job takes no inputs");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prints_arrive_as_output_frames_tagged_with_their_input() {
+    require!(python);
+    let daemon = TestDaemon::start("printer", CgroupMode::Auto).await;
+    let out = run_job(daemon.addr, &spec("printer"), &function("printer", None), 0..5).await;
+    assert_eq!(out.end().state, JobState::Completed);
+    let mut seen: Vec<u64> = out.outputs.iter().map(|o| o.index).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    let text: String = out
+        .outputs
+        .iter()
+        .filter(|o| o.index == 3)
+        .map(|o| String::from_utf8_lossy(&o.text).into_owned())
+        .collect();
+    assert_eq!(text, "hello from 3\n");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exception_stops_the_job() {
+    require!(python);
+    let daemon = TestDaemon::start("exception", CgroupMode::Auto).await;
+    let out = run_job(daemon.addr, &spec("exception"), &function("fail_on_7", None), 0..2000).await;
+    let end = out.end();
+    assert_eq!(end.state, JobState::Failed);
+    assert_eq!(out.failures.len(), 1);
+    let failure = &out.failures[0];
+    assert_eq!(failure.index, 7);
+    assert_eq!(failure.info.kind, FailureKind::Exception);
+    assert_eq!(failure.info.type_name.as_deref(), Some("ValueError"));
+    assert!(failure.info.message.contains("bad value 7"), "{}", failure.info.message);
+    assert_eq!(failure.info.node.as_deref(), Some(daemon.node_id.as_str()));
+    assert!(!failure.exception.is_empty(), "the pickled exception travels");
+    assert_eq!(end.message.as_deref(), Some(failure.info.message.as_str()));
+    assert!(out.results.len() < 2000, "the rest did not all run");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_stop_on_exception_the_others_complete() {
+    require!(python);
+    let daemon = TestDaemon::start("no-stop", CgroupMode::Auto).await;
+    let mut job = spec("no-stop");
+    job.stop_on_exception = false;
+    let out = run_job(daemon.addr, &job, &function("fail_on_7", None), 0..50).await;
+    assert_eq!(out.end().state, JobState::Completed);
+    assert_eq!((out.end().done, out.end().failed), (49, 1));
+    assert_eq!(out.results.len(), 49);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exiting_worker_fails_only_its_input() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("exit", CgroupMode::Required).await;
+    let out = run_job(daemon.addr, &spec("exit"), &function("exit_on_5", None), 0..40).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+    let failure = &out.failures[0];
+    assert_eq!(failure.index, 5);
+    assert_eq!(failure.info.kind, FailureKind::Exited);
+    assert_eq!(failure.info.exit_code, Some(3));
+    assert!(
+        failure.info.message.starts_with("input 5 ended its worker with exit code 3 (os._exit"),
+        "{}",
+        failure.info.message
+    );
+    assert_eq!(out.results.len(), 39);
+    assert!((0..40).filter(|i| *i != 5).all(|i| out.int(i) == Some(2 * i as i64)));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_memory_fails_only_its_input() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("oom", CgroupMode::Required).await;
+    let out = run_job(daemon.addr, &spec("oom"), &function("oom_on_3", None), 0..20).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+    let failure = &out.failures[0];
+    assert_eq!(failure.index, 3);
+    assert_eq!(failure.info.kind, FailureKind::Oom);
+    assert_eq!(
+        failure.info.message,
+        "input 3 was killed: out of memory (func_ram=1 GB); raise func_ram or use less memory per input"
+    );
+    assert_eq!(out.results.len(), 19);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_input_times_out_and_the_rest_complete() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("timeout", CgroupMode::Required).await;
+    let mut job = spec("timeout");
+    job.timeout_s = Some(0.5);
+    let started = Instant::now();
+    let out = run_job(daemon.addr, &job, &function("sleep_on_2", None), 0..10).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.end().state, JobState::Completed);
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].index, 2);
+    assert_eq!(out.failures[0].info.kind, FailureKind::Timeout);
+    assert!(out.failures[0].info.message.contains("timeout=0.5 s"));
+    assert_eq!(out.results.len(), 9);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_rerun_an_input_whose_worker_died() {
+    require!(python);
+    let daemon = TestDaemon::start("retries", CgroupMode::Auto).await;
+    let marker = daemon.state.path().join("flaky-marker");
+    let flaky = function("flaky_4", Some(marker.to_str().expect("utf-8")));
+    let mut job = spec("retries");
+    job.retries = 1;
+    let out = run_job(daemon.addr, &job, &flaky, 0..10).await;
+    assert_eq!(out.end().state, JobState::Completed);
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(out.int(4), Some(8));
+    assert_eq!(out.results.len(), 10);
+
+    std::fs::remove_file(&marker).expect("marker was made");
+    let mut job = spec("no-retries");
+    job.retries = 0;
+    let out = run_job(daemon.addr, &job, &flaky, 0..10).await;
+    assert_eq!(out.failures.len(), 1);
+    assert_eq!(out.failures[0].info.kind, FailureKind::Killed);
+    assert_eq!(out.failures[0].info.signal, Some(9));
+    assert!(
+        out.failures[0].info.message.contains("signal 9 (SIGKILL)"),
+        "{}",
+        out.failures[0].info.message
+    );
+    assert_eq!(out.results.len(), 9);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_that_cannot_load_fails_the_job() {
+    require!(python);
+    let daemon = TestDaemon::start("badfn", CgroupMode::Auto).await;
+    let out = run_job(
+        daemon.addr,
+        &spec("badfn"),
+        &Bytes::from_static(b"not a pickle"),
+        0..3,
+    )
+    .await;
+    assert_eq!(out.end().state, JobState::Failed);
+    assert_eq!(out.failures[0].index, NO_INDEX);
+    assert_eq!(out.failures[0].info.kind, FailureKind::FunctionLoad);
+    assert!(out.results.is_empty());
+    daemon.stop().await;
+}
+
+/// Waits until `dir` holds `n` pid files; returns the pids.
+async fn wait_pids(dir: &std::path::Path, n: usize) -> Vec<u32> {
+    for _ in 0..200 {
+        let pids: Vec<u32> = std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("workers did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_kills_the_workers_within_a_second() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("cancel", CgroupMode::Required).await;
+    let pids_dir = tempfile::tempdir().expect("tempdir");
+    let sleeper = function("pid_then_sleep", Some(pids_dir.path().to_str().expect("utf-8")));
+    let mut job = spec("cancel");
+    job.expected_inputs = Some(2);
+    let response = request(
+        daemon.addr,
+        Method::POST,
+        "/v1/jobs",
+        submission(&job, &sleeper, 0..2),
+    )
+    .await
+    .expect("submit");
+    let pids = wait_pids(pids_dir.path(), 2).await;
+    let started = Instant::now();
+    let (status, body) = support::call(daemon.addr, Method::DELETE, "/v1/jobs/cancel", Bytes::new()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(status["state"], "cancelled");
+    let out = collect(response).await;
+    assert_eq!(out.end().state, JobState::Cancelled);
+    while pids.iter().any(|p| support::alive(*p)) {
+        assert!(started.elapsed() < Duration::from_secs(1), "workers outlived the cancel");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_in = started.elapsed();
+    eprintln!("workers gone {killed_in:?} after DELETE");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_disconnects_cancels_its_job() {
+    require!(python);
+    let daemon = TestDaemon::start("disconnect", CgroupMode::Auto).await;
+    let pids_dir = tempfile::tempdir().expect("tempdir");
+    let sleeper = function("pid_then_sleep", Some(pids_dir.path().to_str().expect("utf-8")));
+    let mut job = spec("disconnect");
+    job.expected_inputs = Some(1);
+    let response = request(
+        daemon.addr,
+        Method::POST,
+        "/v1/jobs",
+        submission(&job, &sleeper, 0..1),
+    )
+    .await
+    .expect("submit");
+    let pids = wait_pids(pids_dir.path(), 1).await;
+    drop(response);
+    let started = Instant::now();
+    loop {
+        let status = support::get_json(daemon.addr, "/v1/jobs/disconnect").await;
+        if status["state"] == "cancelled" && !support::alive(pids[0]) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "job still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_see_their_cpuset_and_memory_limit() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("limits", CgroupMode::Required).await;
+    let mut job = spec("limits");
+    job.func_ram_gb = 1;
+    job.expected_inputs = Some(1);
+    let out = run_job(daemon.addr, &job, &function("limits", None), 0..1).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.failures);
+    let seen = support::unpickle_str(&out.results[&0]).expect("a str");
+    let seen: serde_json::Value = serde_json::from_str(&seen).expect("json");
+    assert_eq!(seen["affinity"].as_array().map(Vec::len), Some(1), "{seen}");
+    let cgroup = seen["cgroup"].as_str().expect("cgroup");
+    let slot_line = format!("{}/slot-", daemon.cgroup_parent);
+    assert!(
+        cgroup.lines().any(|l| l.contains(":memory:") && l.contains(&slot_line)),
+        "{cgroup}"
+    );
+    assert!(
+        cgroup.lines().any(|l| l.contains(":cpuset:") && l.contains(&slot_line)),
+        "{cgroup}"
+    );
+    assert_eq!(seen["memory_limit"], "1073741824");
+    daemon.stop().await;
+}
