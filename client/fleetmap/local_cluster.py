@@ -281,12 +281,19 @@ def _wait_node(paths: Paths, url: str, node: Optional[subprocess.Popen], timeout
     backoff = _Backoff(timeout)
     last_error = ""
     while True:
-        try:
-            nodes = transport.request_json(endpoint, "GET", "/v1/nodes", timeout=2.0)
-            if any(n.get("node_id") == paths.node_id and n.get("alive", True) for n in nodes or ()):
-                return
-        except errors.FleetmapError as err:
-            last_error = str(err)
+        # The node's own address tells this daemon's registration from a stale one of a
+        # daemon that died (which the coordinator still lists until its heartbeat times out).
+        address = _read(paths.node_addr)
+        if address:
+            try:
+                nodes = transport.request_json(endpoint, "GET", "/v1/nodes", timeout=2.0)
+                if any(
+                    n.get("node_id") == paths.node_id and n.get("address") == address and n.get("alive", True)
+                    for n in nodes or ()
+                ):
+                    return
+            except errors.FleetmapError as err:
+                last_error = str(err)
         if node is not None and node.poll() is not None:
             raise _died(node, "node (fleetmapd)", paths.node_log)
         if not backoff.wait():

@@ -43,6 +43,9 @@ def test_pid_alive_checks_the_binary_name_and_zombies(tmp_path):
     exe = _exe(tmp_path / "fleetmapd")
     proc = subprocess.Popen(["sleep", "30"])
     try:
+        deadline = time.monotonic() + 5  # until the child has exec'd, /proc shows python
+        while not local_cluster.pid_alive(proc.pid, "sleep") and time.monotonic() < deadline:
+            time.sleep(0.005)
         assert local_cluster.pid_alive(proc.pid, "sleep")
         assert not local_cluster.pid_alive(proc.pid, "fleetmapd")  # a reused pid is not ours
         proc.kill()

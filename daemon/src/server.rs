@@ -42,11 +42,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| DaemonError::io("mkdir", &config.state_dir, e))?;
+    // Absolute, so that workers (and the stale-worker scan, which matches command lines)
+    // see the same paths whatever the daemon's working directory.
+    let state_dir = std::fs::canonicalize(&config.state_dir)
+        .map_err(|e| DaemonError::io("canonicalize", &config.state_dir, e))?;
     let progress_dir = state_dir.join("progress");
-    for dir in [&state_dir, &progress_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("mkdir", dir, e))?;
-    }
+    std::fs::create_dir_all(&progress_dir)
+        .map_err(|e| DaemonError::io("mkdir", &progress_dir, e))?;
     let inventory = Inventory::detect_with_roots(&config.cgroup_root, &config.proc_root)?;
     let cgroups: Arc<dyn SlotCgroups> =
         Arc::from(detect(&config.cgroup_config(), config.cgroup_mode)?);

@@ -3,6 +3,7 @@ workers."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -91,13 +92,16 @@ def test_print_output_is_attributed(cluster, capsys):
 def test_unordered_returns_in_completion_order(cluster):
     def nap(seconds):
         time.sleep(seconds)
-        return seconds
+        return seconds, os.getpid()
 
-    inputs = [0.8, 0, 0, 0, 0, 0]
+    inputs = [2.0, 0, 0, 0, 0, 0]
     out = remote_parallel_map(nap, inputs, parallelism=2, ordered=False)
-    assert sorted(out) == sorted(inputs)
-    assert out[0] == 0, out
-    assert remote_parallel_map(nap, inputs, parallelism=2) == inputs
+    values = [v for v, _ in out]
+    assert sorted(values) == sorted(inputs)
+    assert len({pid for _, pid in out}) == 2, f"parallelism=2 on a 2-CPU node ran one instance: {out}"
+    # The 2 s input holds one instance; the other finishes the zeros first.
+    assert values[0] == 0, values
+    assert [v for v, _ in remote_parallel_map(nap, inputs, parallelism=2)] == inputs
 
 
 def test_generator_yields_as_results_arrive(cluster):

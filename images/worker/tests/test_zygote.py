@@ -70,9 +70,9 @@ def test_commands_split_across_writes_are_joined(zygote):
 
 def test_exited_children_are_reaped_and_reported(zygote):
     pids = zygote.spawn(2)
-    conns = [zygote.listener.accept() for _ in pids]
+    conns = {conn.pid: conn for conn in (zygote.listener.accept() for _ in pids)}
     os.kill(pids[0], signal.SIGKILL)
-    conns[1].send(harness.SHUTDOWN)
+    conns[pids[1]].send(harness.SHUTDOWN)
     assert zygote.wait_exit(pids[0]) == {"event": "exited", "pid": pids[0], "signal": 9}
     assert zygote.wait_exit(pids[1]) == {"event": "exited", "pid": pids[1], "exit_code": 0}
     spawned_at = [i for i, e in enumerate(zygote._seen) if e.get("pid") == pids[0]]
