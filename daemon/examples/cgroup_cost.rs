@@ -12,10 +12,16 @@ fn main() {
         CgroupMode::Required,
     )
     .expect("cgroups");
-    let mut child = std::process::Command::new("sleep").arg("100").spawn().expect("sleep");
+    let mut child = std::process::Command::new("sleep")
+        .arg("100")
+        .spawn()
+        .expect("sleep");
     let pid = child.id();
     cg.enter_pool(pid).expect("pool");
-    let limits = SlotLimits { cpus: vec![0], ram_bytes: 1 << 30 };
+    let limits = SlotLimits {
+        cpus: vec![0],
+        ram_bytes: 1 << 30,
+    };
     let (mut c, mut m, mut r) = (0f64, 0f64, 0f64);
     let n = 200;
     for i in 0..n {
@@ -36,12 +42,23 @@ fn main() {
     cg.create_slot("re", &limits).expect("create");
     let t = Instant::now();
     for i in 0..n {
-        let l = SlotLimits { cpus: vec![(i % 2) as u32], ram_bytes: (1 << 30) + (i as u64) * 4096 };
+        let l = SlotLimits {
+            cpus: vec![(i % 2) as u32],
+            ram_bytes: (1 << 30) + (i as u64) * 4096,
+        };
         cg.create_slot("re", &l).expect("relimit");
     }
-    println!("re-limit {:.0} µs", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+    println!(
+        "re-limit {:.0} µs",
+        t.elapsed().as_secs_f64() / n as f64 * 1e6
+    );
     cg.remove_slot("re").ok();
-    println!("create {:.0} µs, move {:.0} µs, remove {:.0} µs", c / n as f64 * 1e6, m / n as f64 * 1e6, r / n as f64 * 1e6);
+    println!(
+        "create {:.0} µs, move {:.0} µs, remove {:.0} µs",
+        c / n as f64 * 1e6,
+        m / n as f64 * 1e6,
+        r / n as f64 * 1e6
+    );
     child.kill().ok();
     child.wait().ok();
     cg.cleanup_stale().ok();

@@ -102,9 +102,13 @@ async fn register(
         match call(client, &url, &registration).await {
             Ok(body) => match serde_json::from_slice::<HeartbeatAnswer>(&body) {
                 Ok(answer) => {
-                    return Some(Duration::from_millis(answer.heartbeat_interval_ms).max(MIN_INTERVAL))
+                    return Some(
+                        Duration::from_millis(answer.heartbeat_interval_ms).max(MIN_INTERVAL),
+                    )
                 }
-                Err(err) => warn!(cause = %err, "the coordinator's registration answer is not valid"),
+                Err(err) => {
+                    warn!(cause = %err, "the coordinator's registration answer is not valid")
+                }
             },
             Err(err) if attempts == 0 => {
                 warn!(coordinator = %base, cause = %err, "cannot register with the coordinator; retrying with backoff")

@@ -79,7 +79,10 @@ pub async fn run(
     opts.startup_timeout = config.limits.startup_timeout;
     let process = ProcessRuntime::start(opts, cgroups).await?;
     if !process.wait_pool_full(POOL_FILL_WAIT).await {
-        warn!(target = pool_target, "the worker pool is not full yet; serving anyway");
+        warn!(
+            target = pool_target,
+            "the worker pool is not full yet; serving anyway"
+        );
     }
     let runtime: Arc<dyn Runtime> = Arc::new(process);
 
@@ -163,10 +166,7 @@ async fn stop(daemon: &Daemon, graceful: GracefulShutdown) {
     info!(jobs = d.registry.live_count(), "shutting down");
     d.shutdown.cancel();
     for job in d.registry.live() {
-        job.finish(
-            JobState::Cancelled,
-            "the node is shutting down".to_string(),
-        );
+        job.finish(JobState::Cancelled, "the node is shutting down".to_string());
     }
     let deadline = tokio::time::Instant::now() + JOBS_DRAIN_WAIT;
     while d.registry.live_count() > 0 && tokio::time::Instant::now() < deadline {

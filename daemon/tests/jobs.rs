@@ -53,7 +53,12 @@ async fn inputs_can_follow_on_a_second_request() {
         frames(&rest),
     )
     .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let out = collect(response).await;
     assert_eq!(out.end().state, JobState::Completed);
     assert_eq!(out.results.len(), 250);
@@ -73,7 +78,13 @@ async fn inputs_can_follow_on_a_second_request() {
 async fn prints_arrive_as_output_frames_tagged_with_their_input() {
     require!(python);
     let daemon = TestDaemon::start("printer", CgroupMode::Auto).await;
-    let out = run_job(daemon.addr, &spec("printer"), &function("printer", None), 0..5).await;
+    let out = run_job(
+        daemon.addr,
+        &spec("printer"),
+        &function("printer", None),
+        0..5,
+    )
+    .await;
     assert_eq!(out.end().state, JobState::Completed);
     let mut seen: Vec<u64> = out.outputs.iter().map(|o| o.index).collect();
     seen.sort_unstable();
@@ -93,7 +104,13 @@ async fn prints_arrive_as_output_frames_tagged_with_their_input() {
 async fn an_exception_stops_the_job() {
     require!(python);
     let daemon = TestDaemon::start("exception", CgroupMode::Auto).await;
-    let out = run_job(daemon.addr, &spec("exception"), &function("fail_on_7", None), 0..2000).await;
+    let out = run_job(
+        daemon.addr,
+        &spec("exception"),
+        &function("fail_on_7", None),
+        0..2000,
+    )
+    .await;
     let end = out.end();
     assert_eq!(end.state, JobState::Failed);
     assert_eq!(out.failures.len(), 1);
@@ -101,9 +118,16 @@ async fn an_exception_stops_the_job() {
     assert_eq!(failure.index, 7);
     assert_eq!(failure.info.kind, FailureKind::Exception);
     assert_eq!(failure.info.type_name.as_deref(), Some("ValueError"));
-    assert!(failure.info.message.contains("bad value 7"), "{}", failure.info.message);
+    assert!(
+        failure.info.message.contains("bad value 7"),
+        "{}",
+        failure.info.message
+    );
     assert_eq!(failure.info.node.as_deref(), Some(daemon.node_id.as_str()));
-    assert!(!failure.exception.is_empty(), "the pickled exception travels");
+    assert!(
+        !failure.exception.is_empty(),
+        "the pickled exception travels"
+    );
     assert_eq!(end.message.as_deref(), Some(failure.info.message.as_str()));
     assert!(out.results.len() < 2000, "the rest did not all run");
     daemon.stop().await;
@@ -126,7 +150,13 @@ async fn without_stop_on_exception_the_others_complete() {
 async fn an_exiting_worker_fails_only_its_input() {
     require!(cgroups);
     let daemon = TestDaemon::start("exit", CgroupMode::Required).await;
-    let out = run_job(daemon.addr, &spec("exit"), &function("exit_on_5", None), 0..40).await;
+    let out = run_job(
+        daemon.addr,
+        &spec("exit"),
+        &function("exit_on_5", None),
+        0..40,
+    )
+    .await;
     assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
     assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
     let failure = &out.failures[0];
@@ -134,12 +164,17 @@ async fn an_exiting_worker_fails_only_its_input() {
     assert_eq!(failure.info.kind, FailureKind::Exited);
     assert_eq!(failure.info.exit_code, Some(3));
     assert!(
-        failure.info.message.starts_with("input 5 ended its worker with exit code 3 (os._exit"),
+        failure
+            .info
+            .message
+            .starts_with("input 5 ended its worker with exit code 3 (os._exit"),
         "{}",
         failure.info.message
     );
     assert_eq!(out.results.len(), 39);
-    assert!((0..40).filter(|i| *i != 5).all(|i| out.int(i) == Some(2 * i as i64)));
+    assert!((0..40)
+        .filter(|i| *i != 5)
+        .all(|i| out.int(i) == Some(2 * i as i64)));
     daemon.stop().await;
 }
 
@@ -147,7 +182,13 @@ async fn an_exiting_worker_fails_only_its_input() {
 async fn out_of_memory_fails_only_its_input() {
     require!(cgroups);
     let daemon = TestDaemon::start("oom", CgroupMode::Required).await;
-    let out = run_job(daemon.addr, &spec("oom"), &function("oom_on_3", None), 0..20).await;
+    let out = run_job(
+        daemon.addr,
+        &spec("oom"),
+        &function("oom_on_3", None),
+        0..20,
+    )
+    .await;
     assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
     assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
     let failure = &out.failures[0];
@@ -249,7 +290,10 @@ async fn cancel_kills_the_workers_within_a_second() {
     require!(cgroups);
     let daemon = TestDaemon::start("cancel", CgroupMode::Required).await;
     let pids_dir = tempfile::tempdir().expect("tempdir");
-    let sleeper = function("pid_then_sleep", Some(pids_dir.path().to_str().expect("utf-8")));
+    let sleeper = function(
+        "pid_then_sleep",
+        Some(pids_dir.path().to_str().expect("utf-8")),
+    );
     let mut job = spec("cancel");
     job.expected_inputs = Some(2);
     let response = request(
@@ -262,14 +306,18 @@ async fn cancel_kills_the_workers_within_a_second() {
     .expect("submit");
     let pids = wait_pids(pids_dir.path(), 2).await;
     let started = Instant::now();
-    let (status, body) = support::call(daemon.addr, Method::DELETE, "/v1/jobs/cancel", Bytes::new()).await;
+    let (status, body) =
+        support::call(daemon.addr, Method::DELETE, "/v1/jobs/cancel", Bytes::new()).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let status: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(status["state"], "cancelled");
     let out = collect(response).await;
     assert_eq!(out.end().state, JobState::Cancelled);
     while pids.iter().any(|p| support::alive(*p)) {
-        assert!(started.elapsed() < Duration::from_secs(1), "workers outlived the cancel");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "workers outlived the cancel"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let killed_in = started.elapsed();
@@ -282,7 +330,10 @@ async fn a_client_that_disconnects_cancels_its_job() {
     require!(python);
     let daemon = TestDaemon::start("disconnect", CgroupMode::Auto).await;
     let pids_dir = tempfile::tempdir().expect("tempdir");
-    let sleeper = function("pid_then_sleep", Some(pids_dir.path().to_str().expect("utf-8")));
+    let sleeper = function(
+        "pid_then_sleep",
+        Some(pids_dir.path().to_str().expect("utf-8")),
+    );
     let mut job = spec("disconnect");
     job.expected_inputs = Some(1);
     let response = request(
@@ -301,7 +352,10 @@ async fn a_client_that_disconnects_cancels_its_job() {
         if status["state"] == "cancelled" && !support::alive(pids[0]) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "job still {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "job still {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     daemon.stop().await;
@@ -322,11 +376,15 @@ async fn instances_see_their_cpuset_and_memory_limit() {
     let cgroup = seen["cgroup"].as_str().expect("cgroup");
     let slot_line = format!("{}/slot-", daemon.cgroup_parent);
     assert!(
-        cgroup.lines().any(|l| l.contains(":memory:") && l.contains(&slot_line)),
+        cgroup
+            .lines()
+            .any(|l| l.contains(":memory:") && l.contains(&slot_line)),
         "{cgroup}"
     );
     assert!(
-        cgroup.lines().any(|l| l.contains(":cpuset:") && l.contains(&slot_line)),
+        cgroup
+            .lines()
+            .any(|l| l.contains(":cpuset:") && l.contains(&slot_line)),
         "{cgroup}"
     );
     assert_eq!(seen["memory_limit"], "1073741824");

@@ -15,7 +15,10 @@ use serde_json::Value;
 use support::{frames, function, int_inputs, request, spec, TestDaemon};
 
 fn document() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-proto/openapi/daemon.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../agent-proto/openapi/daemon.json"
+    );
     let text = std::fs::read_to_string(path).expect("daemon.json");
     serde_json::from_str(&text).expect("daemon.json is JSON")
 }
@@ -25,7 +28,9 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     let mut ops = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("path item").keys() {
-            if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+            if ["get", "post", "put", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
                 ops.insert((method.to_uppercase(), path.clone()));
             }
         }
@@ -59,15 +64,24 @@ fn the_document_and_the_router_list_the_same_routes() {
         .collect();
     let undocumented: Vec<_> = routed.difference(&documented).collect();
     let unrouted: Vec<_> = documented.difference(&routed).collect();
-    assert!(undocumented.is_empty(), "routes missing from daemon.json: {undocumented:?}");
-    assert!(unrouted.is_empty(), "documented routes the router lacks: {unrouted:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from daemon.json: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented routes the router lacks: {unrouted:?}"
+    );
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);
     for reference in refs {
         let name = reference
             .strip_prefix("#/components/schemas/")
             .expect("local schema ref");
-        assert!(doc["components"]["schemas"].get(name).is_some(), "dangling {reference}");
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "dangling {reference}"
+        );
     }
 }
 
@@ -77,9 +91,12 @@ async fn every_documented_route_answers_a_live_daemon() {
     let doc = document();
     let daemon = TestDaemon::start("openapi", CgroupMode::Auto).await;
     let double = function("double", None);
-    // A job left open (no INPUTS_END) for the `{id}` routes.
+    // A job left open (no INPUTS_END) for the `{id}` routes, on one instance so that the
+    // job submitted by the probe of `POST /v1/jobs` finds a free slot.
+    let mut probe = spec("probe");
+    probe.parallelism = 1;
     let mut open = vec![
-        Frame::json(FrameKind::Spec, &spec("probe")),
+        Frame::json(FrameKind::Spec, &probe),
         Frame::new(FrameKind::Function, double.clone()),
     ];
     open.extend(int_inputs(0..2, 2));

@@ -16,6 +16,19 @@ docs/protocol.md section 1: HELLO; then ASSIGN + FUNCTION, answered by READY (or
 RESULTS frame; OUTPUT frames carry what the function prints, tagged with its input's index;
 SHUTDOWN or the socket's EOF ends it with exit status 0.
 
+Choices the protocol leaves open, made here:
+- an input whose payload cannot be unpickled is a FAILURE ``exception`` ("input N could not be
+  unpickled on the worker: ..."); the rest of its chunk still runs;
+- ``sys.exit(code)`` inside the function ends the worker with that status (the daemon then
+  reports ``exited``), after flushing the input's output;
+- the pickled exception of a FAILURE is empty when it cannot be pickled *and unpickled back*
+  (so the client never receives bytes it cannot rebuild), and the texts are shortened if the
+  frame would pass the frame limit;
+- a result that pickles to more than a frame can carry is FAILURE ``unpicklable_result``; a
+  chunk whose successes exceed one frame is sent as several RESULTS frames;
+- text written to the file descriptors directly (C extensions, subprocesses) is not captured:
+  fd 1 is /dev/null in a forked worker and fd 2 is the daemon's log.
+
 Exit statuses of a worker: 0 after SHUTDOWN, socket EOF, or a function that could not be
 loaded; the function's own status when it calls ``sys.exit``/``os._exit``; 69 when the socket
 cannot be reached; 70 on an internal error; 74 when the progress file cannot be mapped; 76 when
@@ -359,11 +372,14 @@ class Attribution:
 class CapturedOutput(io.TextIOBase):
     """A text stream that sends what is written as OUTPUT frames tagged with an input index.
 
-    Text is sent at every newline (up to the last newline written) and whenever ``flush`` is
-    called; the worker flushes at the end of every input.  Text is tagged with the index that
+    Text is sent at every newline (up to the last newline written), whenever ``flush`` is
+    called, and when an unfinished line grows past MAX_PENDING_CHARS (so memory stays bounded);
+    the worker flushes at the end of every input.  Text is tagged with the index that
     was current when it was written, so a partial line left over from one input is sent before
     text written for the next.  Safe to use from several threads.
     """
+
+    MAX_PENDING_CHARS = 64 * 1024
 
     encoding = "utf-8"
     errors = "replace"
@@ -379,6 +395,7 @@ class CapturedOutput(io.TextIOBase):
         self._lock = conn.lock
         self._busy = False
         self._pending = []
+        self._pending_chars = 0
         self._pending_index = NO_INDEX
         self.buffer = CapturedBytes(self)
 
@@ -404,6 +421,7 @@ class CapturedOutput(io.TextIOBase):
         with self._lock:
             if self._busy:
                 self._pending.append(text)
+                self._pending_chars += len(text)
                 return len(text)
             self._busy = True
             try:
@@ -412,8 +430,11 @@ class CapturedOutput(io.TextIOBase):
                     self._send_pending()
                 self._pending_index = index
                 self._pending.append(text)
+                self._pending_chars += len(text)
                 if "\n" in text:
                     self._send_lines()
+                elif self._pending_chars > self.MAX_PENDING_CHARS:
+                    self._send_pending()
             finally:
                 self._busy = False
         return len(text)
@@ -434,6 +455,7 @@ class CapturedOutput(io.TextIOBase):
     def _send_pending(self) -> None:
         """Send everything buffered under its index; the caller holds the lock."""
         parts, self._pending = self._pending, []
+        self._pending_chars = 0
         self._send_text(self._pending_index, "".join(parts))
 
     def _send_lines(self) -> None:
@@ -441,6 +463,7 @@ class CapturedOutput(io.TextIOBase):
         parts, self._pending = self._pending, []
         text = "".join(parts)
         cut = text.rfind("\n") + 1
+        self._pending_chars = len(text) - cut
         if cut < len(text):
             self._pending.insert(0, text[cut:])
         self._send_text(self._pending_index, text[:cut])
@@ -528,14 +551,15 @@ def _clean_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def failure_info(kind: str, message: str, exc: BaseException = None, tb: str = "") -> dict:
-    """Build a FailureInfo object; the daemon fills in ``node`` and the final ``attempts``."""
+def failure_info(kind: str, message: str, exc: BaseException = None, tb: str = None) -> dict:
+    """Build a FailureInfo object (null fields where there is no exception or traceback); the
+    daemon fills in ``node`` and the final ``attempts``."""
     return {
         "kind": kind,
         "message": _clean_text(message),
         "type_name": type(exc).__qualname__ if exc is not None else None,
         "module": type(exc).__module__ if exc is not None else None,
-        "traceback": _clean_text(tb),
+        "traceback": _clean_text(tb) if tb is not None else None,
         "attempts": 1,
         "exit_code": None,
         "signal": None,
@@ -577,11 +601,11 @@ class Worker:
         self.conn.send(HELLO, encode_json(
             {"version": PROTOCOL_VERSION, "pid": os.getpid(), "python": platform.python_version()}))
         sys.stdout, sys.stderr = self.stdout, self.stderr
-        frame = self._next_frame("ASSIGN", (ASSIGN, SHUTDOWN))
+        frame = self._next_frame((ASSIGN, SHUTDOWN))
         if frame is None or frame[0] == SHUTDOWN:
             return EXIT_OK
         assignment = decode_json_object(frame[1], "ASSIGN")
-        frame = self._next_frame("FUNCTION", (FUNCTION, SHUTDOWN))
+        frame = self._next_frame((FUNCTION, SHUTDOWN))
         if frame is None or frame[0] == SHUTDOWN:
             return EXIT_OK
         self.progress = open_progress(assignment)
@@ -589,12 +613,12 @@ class Worker:
             return EXIT_OK
         self.conn.send(READY, encode_json(ready_info()))
         while True:
-            frame = self._next_frame("INPUTS", (INPUTS, SHUTDOWN))
+            frame = self._next_frame((INPUTS, SHUTDOWN))
             if frame is None or frame[0] == SHUTDOWN:
                 return EXIT_OK
             self.run_chunk(frame[1])
 
-    def _next_frame(self, waiting_for: str, allowed):
+    def _next_frame(self, allowed):
         """Read the next frame, or None at EOF; any kind not in ``allowed`` is a ProtocolError."""
         frame = self.conn.read_frame()
         if frame is not None and frame[0] not in allowed:
@@ -610,7 +634,7 @@ class Worker:
             if not callable(function):
                 raise TypeError("the FUNCTION payload unpickled to a %s object, which is not callable"
                                 % type(function).__qualname__)
-        except Exception as exc:
+        except BaseException as exc:  # unpickling runs arbitrary code: anything it raises counts
             self.flush_output()
             message = ("the function could not be loaded on the worker: %s; make sure every module "
                        "it needs is installed in the function's environment"
@@ -649,7 +673,7 @@ class Worker:
             mark(progress, 0, index + 1, now())
             try:
                 argument = loads(body[start:end])
-            except Exception as exc:
+            except BaseException as exc:
                 failed.append(len(payloads) + len(failed))
                 self._input_failed(index, exc, "could not be unpickled on the worker: ")
                 continue
@@ -752,12 +776,12 @@ class Worker:
         fit the frame limit."""
         text = encode_json(info)
         room = self.conn.max_frame - _FAILURE_HEAD.size - len(text)
-        message, tb = info["message"], info["traceback"]
+        message, tb = info["message"], info["traceback"] or ""
         cap = max(len(message), len(tb))
         while room < 0 and cap > 0:
             cap //= 2
             info["message"] = message[:cap]
-            info["traceback"] = "(traceback shortened)\n" + tb[-cap:] if cap else ""
+            info["traceback"] = "(traceback shortened)\n" + tb[-cap:] if cap and tb else None
             text = encode_json(info)
             room = self.conn.max_frame - _FAILURE_HEAD.size - len(text)
         exc_bytes = pickle_exception(exc, room) if exc is not None and room > 0 else b""

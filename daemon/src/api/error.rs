@@ -15,7 +15,9 @@ use crate::job::JobError;
 #[derive(Debug, Error)]
 pub enum ApiError {
     /// No route has this path.
-    #[error("there is no route {path}; see agent-proto/openapi/daemon.json for the daemon's routes")]
+    #[error(
+        "there is no route {path}; see agent-proto/openapi/daemon.json for the daemon's routes"
+    )]
     NoRoute {
         /// The path asked for.
         path: String,
@@ -118,10 +120,7 @@ mod tests {
     async fn errors_map_to_statuses_with_a_json_body() {
         let cases: Vec<(ApiError, u16)> = vec![
             (ApiError::NoJob("x".into()), 404),
-            (
-                FrameError::FrameTooLarge { len: 10, limit: 5 }.into(),
-                413,
-            ),
+            (FrameError::FrameTooLarge { len: 10, limit: 5 }.into(), 413),
             (FrameError::UnknownKind(0x7f).into(), 400),
             (ApiError::Missing("FUNCTION"), 400),
             (
@@ -144,7 +143,12 @@ mod tests {
             let message = err.to_string();
             let response = response(&err);
             assert_eq!(response.status().as_u16(), status, "{message}");
-            let bytes = response.into_body().collect().await.expect("body").to_bytes();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
             let body: ErrorBody = serde_json::from_slice(&bytes).expect("error body");
             assert_eq!(body.error.message, message);
             assert_eq!(body.error.code.status(), status);

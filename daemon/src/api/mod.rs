@@ -129,17 +129,17 @@ async fn next_of(frames: &mut BodyFrames, kind: FrameKind) -> Result<Frame, ApiE
 }
 
 /// Carries out a parsed request.
-pub async fn apply(daemon: &Daemon, request: ApiRequest) -> Result<Response<ResponseBody>, ApiError> {
+pub async fn apply(
+    daemon: &Daemon,
+    request: ApiRequest,
+) -> Result<Response<ResponseBody>, ApiError> {
     match request {
         ApiRequest::Health => Ok(json(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "version": SOFTWARE_VERSION}),
         )),
         ApiRequest::Node => Ok(json(StatusCode::OK, &crate::node::info(daemon))),
-        ApiRequest::ListJobs => Ok(json(
-            StatusCode::OK,
-            &daemon.inner().registry.list(),
-        )),
+        ApiRequest::ListJobs => Ok(json(StatusCode::OK, &daemon.inner().registry.list())),
         ApiRequest::GetJob(id) => {
             let status = daemon
                 .inner()

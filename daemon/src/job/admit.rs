@@ -101,7 +101,12 @@ mod tests {
         let mut spec = JobSpec::new("j");
         spec.environment = EnvSpec::Packages { packages: vec![] };
         let text = check(&spec, "3.11.7", &cap).expect_err("env").to_string();
-        assert!(text.starts_with("environment \"packages\" needs the environment cache (issue: Environments)"), "{text}");
+        assert!(
+            text.starts_with(
+                "environment \"packages\" needs the environment cache (issue: Environments)"
+            ),
+            "{text}"
+        );
 
         let mut spec = JobSpec::new("j");
         spec.func_cpu = 3;

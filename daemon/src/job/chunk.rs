@@ -348,7 +348,10 @@ mod tests {
             .into_iter()
             .map(|b| Segment::parse(b).expect("valid"))
             .collect();
-        assert_eq!(Chunk::take_from(&mut segments, 10).map(|c| c.len()), Some(2));
+        assert_eq!(
+            Chunk::take_from(&mut segments, 10).map(|c| c.len()),
+            Some(2)
+        );
     }
 
     #[test]
@@ -360,10 +363,7 @@ mod tests {
         let chunk = Chunk::take_from(&mut segments, 8).expect("items");
         assert!(chunk.contains(6));
         assert!(!chunk.contains(9));
-        let mut rest: VecDeque<Segment> = chunk
-            .subset(|i| i % 3 != 0)
-            .into_iter()
-            .collect();
+        let mut rest: VecDeque<Segment> = chunk.subset(|i| i % 3 != 0).into_iter().collect();
         let again = Chunk::take_from(&mut rest, 100).expect("items");
         let wire = on_the_wire(&again);
         assert_eq!(

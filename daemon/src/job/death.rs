@@ -143,7 +143,12 @@ mod tests {
             .starts_with("input 5 ended its worker with exit code 3 (os._exit"));
         assert_eq!(exit.exit_code, Some(3));
         let segv = Death::Killed(Some(11)).failure(2, 3, 1, None, "n");
-        assert!(segv.message.contains("signal 11 (SIGSEGV) on each of 3 attempts"), "{}", segv.message);
+        assert!(
+            segv.message
+                .contains("signal 11 (SIGSEGV) on each of 3 attempts"),
+            "{}",
+            segv.message
+        );
         assert_eq!(segv.signal, Some(11));
         assert_eq!(segv.attempts, 3);
         let slow = Death::Timeout.failure(8, 1, 1, Some(0.5), "n");

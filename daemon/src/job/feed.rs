@@ -97,7 +97,8 @@ mod tests {
     }
 
     fn inputs(range: std::ops::Range<u64>) -> Frame {
-        ItemBatch::new(range.map(|i| Item::new(i, vec![1u8])).collect()).into_frame(FrameKind::Inputs)
+        ItemBatch::new(range.map(|i| Item::new(i, vec![1u8])).collect())
+            .into_frame(FrameKind::Inputs)
     }
 
     fn job() -> Job {
@@ -107,7 +108,11 @@ mod tests {
     #[tokio::test]
     async fn inputs_then_end() {
         let job = job();
-        let mut frames = body(&[inputs(0..3), inputs(3..5), Frame::empty(FrameKind::InputsEnd)]);
+        let mut frames = body(&[
+            inputs(0..3),
+            inputs(3..5),
+            Frame::empty(FrameKind::InputsEnd),
+        ]);
         assert_eq!(feed(&job, &mut frames).await.expect("ok"), Fed::InputsEnd);
         assert_eq!(job.queue().len(), 5);
         let mut more = body(&[inputs(5..6)]);
@@ -129,10 +134,16 @@ mod tests {
         let job = job();
         let mut frames = body(&[Frame::new(FrameKind::Inputs, vec![9u8, 0, 0, 0])]);
         let err = feed(&job, &mut frames).await.expect_err("malformed");
-        assert!(err.to_string().starts_with("malformed INPUTS frame"), "{err}");
+        assert!(
+            err.to_string().starts_with("malformed INPUTS frame"),
+            "{err}"
+        );
         let mut frames = body(&[Frame::empty(FrameKind::Spec)]);
         let err = feed(&job, &mut frames).await.expect_err("unexpected");
-        assert_eq!(err.to_string(), "unexpected SPEC frame: expected INPUTS or INPUTS_END");
+        assert_eq!(
+            err.to_string(),
+            "unexpected SPEC frame: expected INPUTS or INPUTS_END"
+        );
     }
 
     #[tokio::test]

@@ -440,7 +440,11 @@ impl WorkerCtx<'_> {
                 Output::from_frame(&frame).map_err(|e| Some(e.to_string()))?;
                 self.forward(&frame).await;
             }
-            other => return Err(Some(format!("unexpected {other} frame from a ready worker"))),
+            other => {
+                return Err(Some(format!(
+                    "unexpected {other} frame from a ready worker"
+                )))
+            }
         }
         Ok(())
     }
@@ -492,14 +496,21 @@ impl WorkerCtx<'_> {
         }
         let status = self.exit.wait(EXIT_REPORT_WAIT).await;
         let oom_rose = instance.runtime.oom_kills(slot_id) > self.oom_before;
-        let blamed = timed_out
-            .or(progress.index)
-            .filter(|i| in_flight.iter().any(|f| f.chunk.contains(*i) && !f.is_answered(*i)));
+        let blamed = timed_out.or(progress.index).filter(|i| {
+            in_flight
+                .iter()
+                .any(|f| f.chunk.contains(*i) && !f.is_answered(*i))
+        });
         let mut retry_blamed = false;
         if let Some(index) = blamed {
             let death = Death::classify(timed_out.is_some(), oom_rose, status);
             if job.retry(index) {
-                info!(index, ?death, attempts = job.attempts(index), "input's worker died; retrying it");
+                info!(
+                    index,
+                    ?death,
+                    attempts = job.attempts(index),
+                    "input's worker died; retrying it"
+                );
                 retry_blamed = true;
             } else {
                 let spec = job.spec();
@@ -515,7 +526,12 @@ impl WorkerCtx<'_> {
                 job.answered(0, 1);
             }
         } else {
-            warn!(pid = self.pid, ?status, oom_rose, "worker died between inputs; re-queueing its chunks");
+            warn!(
+                pid = self.pid,
+                ?status,
+                oom_rose,
+                "worker died between inputs; re-queueing its chunks"
+            );
             job.unattributed_death();
         }
         let mut requeued = 0u64;

@@ -62,14 +62,20 @@ mod tests {
     #[tokio::test]
     async fn frames_come_out_of_the_body_in_order() {
         let (sink, body) = ResultSink::channel(4);
-        assert!(sink.send(&Frame::new(FrameKind::Results, vec![1u8, 2])).await);
+        assert!(
+            sink.send(&Frame::new(FrameKind::Results, vec![1u8, 2]))
+                .await
+        );
         assert!(sink.try_send(&Frame::empty(FrameKind::Status)));
         drop(sink);
         let bytes: Bytes = body.collect().await.expect("infallible").to_bytes();
         let mut decoder = FrameDecoder::default();
         decoder.extend(&bytes);
         let first = decoder.next_frame().expect("ok").expect("frame");
-        assert_eq!((first.kind, &first.body[..]), (FrameKind::Results, &[1u8, 2][..]));
+        assert_eq!(
+            (first.kind, &first.body[..]),
+            (FrameKind::Results, &[1u8, 2][..])
+        );
         let second = decoder.next_frame().expect("ok").expect("frame");
         assert_eq!(second.kind, FrameKind::Status);
     }

@@ -175,7 +175,9 @@ mod tests {
                 parts.push(piece);
             }
             wa.send_parts(&parts).await.expect("write");
-            wa.send(&Frame::empty(FrameKind::Shutdown)).await.expect("write");
+            wa.send(&Frame::empty(FrameKind::Shutdown))
+                .await
+                .expect("write");
             body
         });
         let first = rb.next_frame().await.expect("read").expect("frame");

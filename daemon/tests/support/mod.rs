@@ -132,12 +132,10 @@ impl TestDaemon {
 
     async fn wait_healthy(&self) {
         for _ in 0..600 {
-            if let Ok((status, _)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                get(self.addr, "/v1/health"),
-            )
-            .await
-            .unwrap_or(Err("timeout".into()))
+            if let Ok((status, _)) =
+                tokio::time::timeout(Duration::from_secs(1), get(self.addr, "/v1/health"))
+                    .await
+                    .unwrap_or(Err("timeout".into()))
             {
                 if status == StatusCode::OK {
                     return;
@@ -177,9 +175,25 @@ impl TestDaemon {
 }
 
 impl Drop for TestDaemon {
+    /// A test that panicked never called `stop`: kill what its daemon started and remove its
+    /// cgroups so that nothing outlives the test.
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if self.task.is_some() {
+            let worker_file = std::fs::canonicalize(self.state.path())
+                .unwrap_or_else(|_| self.state.path().to_path_buf())
+                .join("worker/fleetmap_worker.py");
+            fleetmapd::runtime::process::stale::kill_workers_of(Path::new("/proc"), &worker_file);
+            let config = fleetmap_sandbox::CgroupConfig {
+                root: "/sys/fs/cgroup".into(),
+                parent: self.cgroup_parent.clone(),
+            };
+            if let Ok(cgroups) = fleetmap_sandbox::detect(&config, CgroupMode::Auto) {
+                let _ = cgroups.cleanup_stale();
+            }
+            remove_cgroup_parent(&self.cgroup_parent);
         }
     }
 }
@@ -259,11 +273,19 @@ pub async fn request(
         .header(http::header::CONTENT_TYPE, FRAMES_CONTENT_TYPE)
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
-    sender.send_request(request).await.map_err(|e| e.to_string())
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A request and its whole answer.
-pub async fn call(addr: SocketAddr, method: Method, path: &str, body: Bytes) -> (StatusCode, Bytes) {
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> (StatusCode, Bytes) {
     let response = request(addr, method, path, body).await.expect("request");
     let status = response.status();
     let body = response
@@ -378,8 +400,12 @@ pub async fn collect(response: hyper::Response<Incoming>) -> Collected {
                     );
                 }
             }
-            FrameKind::Failure => out.failures.push(Failure::from_frame(&frame).expect("failure")),
-            FrameKind::Output => out.outputs.push(Output::from_frame(&frame).expect("output")),
+            FrameKind::Failure => out
+                .failures
+                .push(Failure::from_frame(&frame).expect("failure")),
+            FrameKind::Output => out
+                .outputs
+                .push(Output::from_frame(&frame).expect("output")),
             FrameKind::Status => out.statuses += 1,
             FrameKind::End => out.end = Some(frame.parse_json().expect("end")),
             other => panic!("unexpected {other} in a result stream"),
@@ -396,7 +422,12 @@ pub async fn collect(response: hyper::Response<Incoming>) -> Collected {
 }
 
 /// Submits a whole job and collects its stream.
-pub async fn run_job(addr: SocketAddr, spec: &JobSpec, function: &Bytes, range: std::ops::Range<u64>) -> Collected {
+pub async fn run_job(
+    addr: SocketAddr,
+    spec: &JobSpec,
+    function: &Bytes,
+    range: std::ops::Range<u64>,
+) -> Collected {
     let body = submission(spec, function, range);
     let response = request(addr, Method::POST, "/v1/jobs", body)
         .await
@@ -444,7 +475,9 @@ pub fn pickle_int(v: i64) -> Vec<u8> {
 }
 
 fn skip_header(p: &[u8]) -> Option<&[u8]> {
-    let p = p.strip_prefix(&[0x80, 5][..]).or_else(|| p.strip_prefix(&[0x80, 4][..]))?;
+    let p = p
+        .strip_prefix(&[0x80, 5][..])
+        .or_else(|| p.strip_prefix(&[0x80, 4][..]))?;
     Some(match p.first() {
         Some(0x95) => p.get(9..)?,
         _ => p,

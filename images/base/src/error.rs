@@ -80,7 +80,7 @@ pub enum Error {
     },
 
     /// pip could not verify PyPI's certificate: this network intercepts TLS.
-    #[error("pip could not verify the TLS certificate of the package index; pass --ca-bundle with a CA bundle that this network's TLS proxy is trusted by (full log in {})", log.display())]
+    #[error("pip could not verify the package index's TLS certificate (this network may intercept TLS); pass --ca-bundle with a complete CA bundle that trusts it, such as the host's /etc/ssl/certs/ca-certificates.crt (full log in {})", log.display())]
     UntrustedTls {
         /// Where pip's whole output is.
         log: PathBuf,

@@ -82,7 +82,11 @@ mod tests {
 
         let sbin_str = sbin.to_str().expect("utf-8");
         let found = find_program("debootstrap", bin.as_os_str(), &[sbin_str]);
-        assert_eq!(found, Some(exe), "a non-executable file must be passed over");
+        assert_eq!(
+            found,
+            Some(exe),
+            "a non-executable file must be passed over"
+        );
         assert_eq!(find_program("nope", bin.as_os_str(), &[sbin_str]), None);
     }
 

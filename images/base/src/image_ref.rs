@@ -21,7 +21,9 @@ impl ImageRef {
             reason,
         };
         if reference.contains('@') {
-            return Err(bad("a digest cannot be given to an imported image; use a tag"));
+            return Err(bad(
+                "a digest cannot be given to an imported image; use a tag",
+            ));
         }
         let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
         let (repository, tag) = match reference[last_slash..].rfind(':') {
@@ -75,7 +77,10 @@ mod tests {
     #[test]
     fn splits_repository_and_tag() {
         let r = ImageRef::parse("fleetmap/base:1").expect("valid");
-        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("fleetmap/base", "1"));
+        assert_eq!(
+            (r.repository.as_str(), r.tag.as_str()),
+            ("fleetmap/base", "1")
+        );
         assert_eq!(r.to_string(), "fleetmap/base:1");
     }
 
@@ -91,7 +96,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_references() {
-        for bad in ["", ":1", "Fleetmap/base:1", "fleetmap/base:", "a/b@sha256:00", "x:-y", "/x:1"] {
+        for bad in [
+            "",
+            ":1",
+            "Fleetmap/base:1",
+            "fleetmap/base:",
+            "a/b@sha256:00",
+            "x:-y",
+            "/x:1",
+        ] {
             assert!(
                 matches!(ImageRef::parse(bad), Err(Error::BadReference { .. })),
                 "{bad:?} was accepted"

@@ -132,7 +132,10 @@ impl Recipe {
             (LABEL_RECIPE_HASH.to_owned(), self.content_hash()),
             (LABEL_RECIPE_VERSION.to_owned(), self.version.clone()),
             (LABEL_RELEASE.to_owned(), self.release.clone()),
-            (LABEL_PYTHON_VERSION.to_owned(), facts.python_version.clone()),
+            (
+                LABEL_PYTHON_VERSION.to_owned(),
+                facts.python_version.clone(),
+            ),
             (
                 LABEL_CLOUDPICKLE_VERSION.to_owned(),
                 facts.cloudpickle_version.clone(),
@@ -176,7 +179,9 @@ mod tests {
         let b = Recipe::standard().content_hash();
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 
     #[test]
@@ -231,7 +236,10 @@ mod tests {
             r.packages,
             vec!["ca-certificates", "python3", "python3-pip", "python3-venv"]
         );
-        assert!(r.pip_packages.iter().any(|p| p.starts_with("cloudpickle==")));
+        assert!(r
+            .pip_packages
+            .iter()
+            .any(|p| p.starts_with("cloudpickle==")));
     }
 
     #[test]

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import harness  # noqa: E402
+import worker_harness as harness  # noqa: E402
 
 
 @pytest.fixture

@@ -126,9 +126,12 @@ impl Http {
     /// the returned sender (and drops it to end the body) while reading the result stream.
     pub async fn submit(&self, coordinator: &str, first: &[Frame]) -> Result<(BodySender, ResultStream)> {
         let (tx, body) = body_channel();
+        // One chunk, so it fits the channel before the request starts consuming it.
+        let mut chunk = bytes::BytesMut::new();
         for frame in first {
-            tx.frame(frame).await?;
+            frame.encode_into(&mut chunk);
         }
+        tx.0.send(chunk.freeze()).await.ok();
         let response = self
             .request(Method::POST, &format!("{coordinator}/v1/jobs"), body)
             .await?;

@@ -116,11 +116,12 @@ impl ProcessRuntime {
         }
         write_worker_file(&opts.worker_file)?;
         let _ = std::fs::remove_file(&opts.socket_path);
-        let listener = UnixListener::bind(&opts.socket_path).map_err(|source| RuntimeError::Io {
-            op: "bind",
-            path: opts.socket_path.clone(),
-            source,
-        })?;
+        let listener =
+            UnixListener::bind(&opts.socket_path).map_err(|source| RuntimeError::Io {
+                op: "bind",
+                path: opts.socket_path.clone(),
+                source,
+            })?;
         let startup_timeout = opts.startup_timeout;
         let inner = Arc::new(Inner {
             pool: Pool::new(opts.pool_target),
@@ -377,7 +378,9 @@ impl Runtime for ProcessRuntime {
         async move {
             match tokio::task::spawn_blocking(move || cgroups.kill_slot(&slot)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(err)) => warn!(slot = slot_id, cause = %err, "cannot kill the slot's processes"),
+                Ok(Err(err)) => {
+                    warn!(slot = slot_id, cause = %err, "cannot kill the slot's processes")
+                }
                 Err(err) => warn!(slot = slot_id, cause = %err, "slot kill task failed"),
             }
         }
@@ -390,7 +393,9 @@ impl Runtime for ProcessRuntime {
             let slot = slot_id.clone();
             match tokio::task::spawn_blocking(move || cgroups.remove_slot(&slot)).await {
                 Ok(Ok(())) => debug!(slot = %slot_id, "slot removed"),
-                Ok(Err(err)) => warn!(slot = %slot_id, cause = %err, "cannot remove the slot's cgroup"),
+                Ok(Err(err)) => {
+                    warn!(slot = %slot_id, cause = %err, "cannot remove the slot's cgroup")
+                }
                 Err(err) => warn!(slot = %slot_id, cause = %err, "slot removal task failed"),
             }
         }

@@ -65,7 +65,10 @@ mod tests {
         let mut bystander = sleeper(&other);
         assert_eq!(kill_workers_of(Path::new("/proc"), &ours), 1);
         assert!(!victim.wait().expect("wait").success());
-        assert!(bystander.try_wait().expect("try_wait").is_none(), "must survive");
+        assert!(
+            bystander.try_wait().expect("try_wait").is_none(),
+            "must survive"
+        );
         bystander.kill().expect("kill");
         bystander.wait().expect("wait");
     }

@@ -50,7 +50,10 @@ pub(super) async fn supervise(
         if inner.shutdown.is_cancelled() {
             break;
         }
-        warn!(retry_in_ms = backoff.as_millis() as u64, "zygote ended; restarting it");
+        warn!(
+            retry_in_ms = backoff.as_millis() as u64,
+            "zygote ended; restarting it"
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = inner.shutdown.cancelled() => break,

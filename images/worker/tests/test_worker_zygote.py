@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-import harness
+import worker_harness as harness
 
 
 def _state(pid: int) -> str:

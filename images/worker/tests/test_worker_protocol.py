@@ -14,8 +14,8 @@ import time
 import cloudpickle
 import pytest
 
-import harness
-from harness import FAILURE, NO_INDEX, OUTPUT, READY, RESULTS, SHUTDOWN, pickled
+import worker_harness as harness
+from worker_harness import FAILURE, NO_INDEX, RESULTS, SHUTDOWN, pickled
 
 # Functions and classes below travel to the worker by value, like a user's __main__ code.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -105,6 +105,8 @@ def unpicklable_on_two(x):
 
 
 def sized_result(n):
+    if n < 0:
+        raise ValueError("v" * -n)
     return b"r" * n
 
 
@@ -274,8 +276,8 @@ def test_sys_exit_ends_the_worker_with_its_status(zygote, sock_dir):
     conn.start(cloudpickle.dumps(sys_exit_with), sock_dir)
     conn.send_inputs(pickled(["giving up"], indices=[8]))
     frames = conn.read_until_eof()
-    assert [harness.parse_output(body) for _, body in frames] == [(8, 1, "leaving"),
-                                                                   (8, 2, "giving up\n")]
+    outputs = [harness.parse_output(body) for _, body in frames]
+    assert outputs == [(8, 1, "leaving"), (8, 2, "giving up\n")]
     assert zygote.wait_exit(conn.pid)["exit_code"] == 1
 
 
@@ -342,8 +344,9 @@ def test_empty_chunk_sends_no_results_frame(zygote, sock_dir):
 def test_large_results_are_split_and_oversized_ones_fail(make_zygote, sock_dir):
     zygote = make_zygote("--max-frame-bytes", "4096")
     conn = zygote.spawn_worker()
+    conn.max_frame = 4096
     conn.start(cloudpickle.dumps(sized_result), sock_dir)
-    sizes = [1000] * 10 + [5000]
+    sizes = [1000] * 10 + [5000, -20000]
     conn.send_inputs(pickled(sizes))
     collected = harness.Collected()
     conn.collect(range(len(sizes)), collected)
@@ -352,11 +355,18 @@ def test_large_results_are_split_and_oversized_ones_fail(make_zygote, sock_dir):
     info, _ = collected.failures[10]
     assert info["kind"] == "unpicklable_result"
     assert "more than the 4080 bytes a frame can carry" in info["message"]
+    assert info["traceback"] is None
+    long_failure, exc_bytes = collected.failures[11]
+    assert long_failure["message"].startswith("input 11 raised ValueError: vvvv")
+    assert len(long_failure["message"]) < 4096
+    assert long_failure["traceback"].startswith("(traceback shortened)\n")
+    assert exc_bytes == b""
 
 
 @pytest.mark.parametrize("data, fragment", [
     (harness.frame(0x03, b"\x02\x00\x00\x00" + bytes(12)), "(Malformed): item batch declares 2 items"),
-    (harness.frame(0x03, harness.item_batch([(0, b"abc")]) + b"x"), "(Malformed): item batch with count 1 must be 19 bytes but is 20 bytes"),
+    (harness.frame(0x03, harness.item_batch([(0, b"abc")]) + b"x"),
+     "(Malformed): item batch with count 1 must be 19 bytes but is 20 bytes"),
     (harness.frame(0x7E, b"what"), "(UnknownKind): unknown frame kind 0x7e"),
     (b"\x03" + (2**31).to_bytes(4, "little"), "(FrameTooLarge): INPUTS frame of 2147483648 bytes"),
     (harness.frame(0x21, b"{}"), "(Unexpected): expected INPUTS or SHUTDOWN but the daemon sent ASSIGN"),

@@ -122,6 +122,7 @@ class WorkerConn:
     def __init__(self, sock: socket.socket) -> None:
         sock.settimeout(TIMEOUT)
         self.sock = sock
+        self.max_frame = 64 * 1024 * 1024
         self._file = sock.makefile("rb")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.peer_pid = struct.unpack("3i", creds)[0]
@@ -147,6 +148,7 @@ class WorkerConn:
             return None
         assert len(header) == 5, "the worker's stream ended inside a frame header"
         kind, length = struct.unpack("<BI", header)
+        assert length <= self.max_frame, "the worker sent a %d-byte frame over the limit" % length
         body = self._file.read(length)
         assert len(body) == length, "the worker's stream ended inside a frame body"
         return kind, body

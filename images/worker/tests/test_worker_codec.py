@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import fleetmap_worker as fw
-import harness
+import worker_harness as harness
 
 
 def test_frame_header_is_kind_then_little_endian_length():
@@ -188,3 +188,13 @@ def test_captured_output_keeps_lines_whole_across_threads():
     reader.join(10)
     assert not reader.is_alive()
     assert sorted(lines) == sorted("t%d line %d" % (n, i) for n in range(4) for i in range(200))
+
+
+def test_captured_output_sends_an_endless_line_in_bounded_pieces():
+    pair = _Pair()
+    limit = fw.CapturedOutput.MAX_PENDING_CHARS
+    for _ in range(limit // 1000 + 1):
+        pair.stdout.write("x" * 1000)
+    (index, stream, text), = pair.outputs(1)
+    assert text == "x" * 1000 * (limit // 1000 + 1)
+    assert pair.nothing_pending()
