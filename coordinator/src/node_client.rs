@@ -141,10 +141,12 @@ impl NodeClient {
 }
 
 fn build(method: Method, url: &str, body: Body) -> Result<Request<Body>, NodeCallError> {
-    let uri: http::Uri = url.parse().map_err(|err: http::uri::InvalidUri| NodeCallError::Url {
-        url: url.to_owned(),
-        reason: err.to_string(),
-    })?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|err: http::uri::InvalidUri| NodeCallError::Url {
+            url: url.to_owned(),
+            reason: err.to_string(),
+        })?;
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;

@@ -23,7 +23,10 @@ fn spec(job_id: &str, cpu: u32, ram: u32) -> JobSpec {
 async fn malformed_submissions_are_400_and_the_coordinator_keeps_serving() {
     let coordinator = TestCoordinator::start(|_| {}).await;
     let garbage: &[(&str, Bytes)] = &[
-        ("unknown frame kind", Bytes::from_static(&[0x7f, 0, 0, 0, 0])),
+        (
+            "unknown frame kind",
+            Bytes::from_static(&[0x7f, 0, 0, 0, 0]),
+        ),
         ("truncated", Bytes::from_static(&[0x01, 9, 0, 0, 0, b'{'])),
         ("empty body", Bytes::new()),
         (
@@ -40,8 +43,15 @@ async fn malformed_submissions_are_400_and_the_coordinator_keeps_serving() {
         ),
     ];
     for (what, body) in garbage {
-        let answer = coordinator.send(Method::POST, "/v1/jobs", body.clone()).await;
-        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{what}: {:?}", answer.body);
+        let answer = coordinator
+            .send(Method::POST, "/v1/jobs", body.clone())
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{what}: {:?}",
+            answer.body
+        );
         assert_eq!(answer.code(), "bad_request", "{what}");
         assert!(!answer.message().is_empty());
     }
@@ -54,7 +64,9 @@ async fn malformed_submissions_are_400_and_the_coordinator_keeps_serving() {
     assert!(answer.message().contains("INPUTS"), "{}", answer.message());
 
     let oversized = Bytes::from_static(&[0x02, 0xff, 0xff, 0xff, 0x7f]);
-    let mut body = Frame::json(FrameKind::Spec, &spec("j3", 1, 1)).encode().to_vec();
+    let mut body = Frame::json(FrameKind::Spec, &spec("j3", 1, 1))
+        .encode()
+        .to_vec();
     body.extend_from_slice(&oversized);
     let answer = coordinator.send(Method::POST, "/v1/jobs", body).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -65,7 +77,11 @@ async fn malformed_submissions_are_400_and_the_coordinator_keeps_serving() {
         .send(Method::POST, "/v1/jobs", submission(&invalid))
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert!(answer.message().starts_with("func_cpu=97 is out of range"), "{}", answer.message());
+    assert!(
+        answer.message().starts_with("func_cpu=97 is out of range"),
+        "{}",
+        answer.message()
+    );
 
     assert_eq!(coordinator.get("/v1/health").await.status, StatusCode::OK);
     coordinator.shutdown().await;
@@ -73,8 +89,7 @@ async fn malformed_submissions_are_400_and_the_coordinator_keeps_serving() {
 
 #[tokio::test]
 async fn no_node_is_503_after_the_node_wait() {
-    let coordinator =
-        TestCoordinator::start(|c| c.node_wait = Duration::from_millis(400)).await;
+    let coordinator = TestCoordinator::start(|c| c.node_wait = Duration::from_millis(400)).await;
     let started = Instant::now();
     let answer = coordinator
         .send(Method::POST, "/v1/jobs", submission(&spec("lonely", 1, 1)))
@@ -82,7 +97,11 @@ async fn no_node_is_503_after_the_node_wait() {
     let waited = started.elapsed();
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.code(), "unavailable");
-    assert!(answer.message().contains("no live node"), "{}", answer.message());
+    assert!(
+        answer.message().contains("no live node"),
+        "{}",
+        answer.message()
+    );
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     coordinator.shutdown().await;
@@ -94,10 +113,9 @@ async fn a_node_registering_during_the_wait_ends_the_wait() {
     let url = coordinator.url.clone();
     let submit = tokio::spawn({
         let body = submission(&spec("patient", 8, 1));
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Full<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<Bytes>>();
         async move {
             let request = http::Request::post(format!("{url}/v1/jobs"))
                 .body(http_body_util::Full::new(body))
@@ -107,9 +125,15 @@ async fn a_node_registering_during_the_wait_ends_the_wait() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
-    coordinator.register("small", "http://127.0.0.1:9", 2, 4).await;
+    coordinator
+        .register("small", "http://127.0.0.1:9", 2, 4)
+        .await;
     let status = submit.await.expect("no panic");
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "placed at once, nothing fits");
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "placed at once, nothing fits"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     coordinator.shutdown().await;
 }
@@ -117,8 +141,12 @@ async fn a_node_registering_during_the_wait_ends_the_wait() {
 #[tokio::test]
 async fn nothing_fits_is_422_naming_the_largest_node() {
     let coordinator = TestCoordinator::start(|_| {}).await;
-    coordinator.register("small", "http://127.0.0.1:9", 2, 23).await;
-    coordinator.register("tiny", "http://127.0.0.1:10", 1, 4).await;
+    coordinator
+        .register("small", "http://127.0.0.1:9", 2, 23)
+        .await;
+    coordinator
+        .register("tiny", "http://127.0.0.1:10", 1, 4)
+        .await;
     let answer = coordinator
         .send(Method::POST, "/v1/jobs", submission(&spec("huge", 96, 1)))
         .await;
@@ -132,7 +160,13 @@ async fn nothing_fits_is_422_naming_the_largest_node() {
         .send(Method::POST, "/v1/jobs", submission(&spec("fat", 1, 64)))
         .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(answer.message().starts_with("func_ram=64 does not fit any node"), "{}", answer.message());
+    assert!(
+        answer
+            .message()
+            .starts_with("func_ram=64 does not fit any node"),
+        "{}",
+        answer.message()
+    );
     coordinator.shutdown().await;
 }
 
@@ -147,7 +181,11 @@ async fn other_environments_are_422_until_the_environment_cache_exists() {
         .send(Method::POST, "/v1/jobs", submission(&packaged))
         .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(answer.message().contains("needs the environment cache"), "{}", answer.message());
+    assert!(
+        answer.message().contains("needs the environment cache"),
+        "{}",
+        answer.message()
+    );
     coordinator.shutdown().await;
 }
 
@@ -162,8 +200,17 @@ async fn an_unreachable_node_is_dead_at_once_and_the_job_is_503() {
     let answer = coordinator
         .send(Method::POST, "/v1/jobs", submission(&spec("doomed", 1, 1)))
         .await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", answer.body);
-    assert!(answer.message().contains("node gone"), "{}", answer.message());
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
+    assert!(
+        answer.message().contains("node gone"),
+        "{}",
+        answer.message()
+    );
     let nodes = coordinator.get("/v1/nodes").await.json();
     assert_eq!(nodes[0]["alive"], false, "dead at once");
     let record = coordinator.get("/v1/jobs/doomed").await;
@@ -175,7 +222,9 @@ async fn an_unreachable_node_is_dead_at_once_and_the_job_is_503() {
 #[tokio::test]
 async fn refused_jobs_are_recorded_and_listed_newest_first() {
     let coordinator = TestCoordinator::start(|_| {}).await;
-    coordinator.register("small", "http://127.0.0.1:9", 2, 8).await;
+    coordinator
+        .register("small", "http://127.0.0.1:9", 2, 8)
+        .await;
     for id in ["first", "second"] {
         let answer = coordinator
             .send(Method::POST, "/v1/jobs", submission(&spec(id, 4, 2)))
@@ -200,15 +249,33 @@ async fn refused_jobs_are_recorded_and_listed_newest_first() {
     assert_eq!(record["inputs"], 0);
     assert!(record["created_at_ms"].as_u64().is_some());
     assert!(record["finished_at_ms"].as_u64().is_some());
-    assert!(record["message"].as_str().unwrap_or("").contains("func_cpu=4"));
-    assert_eq!(coordinator.get("/v1/jobs?limit=1").await.json().as_array().map(Vec::len), Some(1));
-    assert_eq!(coordinator.get("/v1/jobs?limit=0").await.status, StatusCode::BAD_REQUEST);
+    assert!(record["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("func_cpu=4"));
+    assert_eq!(
+        coordinator
+            .get("/v1/jobs?limit=1")
+            .await
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        coordinator.get("/v1/jobs?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     let answer = coordinator
         .send(Method::DELETE, "/v1/jobs/first", Bytes::new())
         .await;
     assert_eq!(answer.status, StatusCode::CONFLICT);
-    assert!(answer.message().contains("has ended (failed)"), "{}", answer.message());
+    assert!(
+        answer.message().contains("has ended (failed)"),
+        "{}",
+        answer.message()
+    );
     let answer = coordinator
         .send(Method::POST, "/v1/jobs/first/inputs", Bytes::new())
         .await;
@@ -226,7 +293,11 @@ async fn unknown_jobs_are_404() {
     ] {
         let answer = coordinator.send(method.clone(), path, Bytes::new()).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
-        assert!(answer.message().contains("job nope does not exist"), "{}", answer.message());
+        assert!(
+            answer.message().contains("job nope does not exist"),
+            "{}",
+            answer.message()
+        );
     }
     coordinator.shutdown().await;
 }
@@ -236,7 +307,9 @@ async fn records_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("jobs.db");
     let coordinator = TestCoordinator::start(|c| c.db_path = db.clone()).await;
-    coordinator.register("small", "http://127.0.0.1:9", 1, 1).await;
+    coordinator
+        .register("small", "http://127.0.0.1:9", 1, 1)
+        .await;
     coordinator
         .send(Method::POST, "/v1/jobs", submission(&spec("kept", 2, 1)))
         .await;

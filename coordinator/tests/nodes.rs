@@ -7,10 +7,9 @@ use support::{node_info, TestCoordinator};
 
 #[tokio::test]
 async fn registration_heartbeat_and_listing() {
-    let coordinator = TestCoordinator::start(|c| {
-        c.heartbeat_interval = std::time::Duration::from_millis(250)
-    })
-    .await;
+    let coordinator =
+        TestCoordinator::start(|c| c.heartbeat_interval = std::time::Duration::from_millis(250))
+            .await;
     let answer = coordinator
         .register("node-a", "http://127.0.0.1:7071/", 2, 23)
         .await;
@@ -30,7 +29,10 @@ async fn registration_heartbeat_and_listing() {
     let nodes = nodes.json();
     assert_eq!(nodes.as_array().map(Vec::len), Some(1));
     assert_eq!(nodes[0]["node_id"], "node-a");
-    assert_eq!(nodes[0]["address"], "http://127.0.0.1:7071", "registered address kept");
+    assert_eq!(
+        nodes[0]["address"], "http://127.0.0.1:7071",
+        "registered address kept"
+    );
     assert_eq!(nodes[0]["free_cpus"], 1, "heartbeat info kept");
     assert_eq!(nodes[0]["alive"], true);
     assert!(nodes[0]["last_seen_ms"].as_u64().is_some());
@@ -41,21 +43,28 @@ async fn registration_heartbeat_and_listing() {
 async fn heartbeat_of_an_unknown_node_is_404_so_it_registers_again() {
     let coordinator = TestCoordinator::start(|_| {}).await;
     let answer = coordinator
-        .post_json("/v1/nodes/ghost/heartbeat", &node_info("ghost", "http://x:1", 1, 1))
+        .post_json(
+            "/v1/nodes/ghost/heartbeat",
+            &node_info("ghost", "http://x:1", 1, 1),
+        )
         .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.code(), "not_found");
-    assert!(answer.message().contains("register it again"), "{}", answer.message());
+    assert!(
+        answer.message().contains("register it again"),
+        "{}",
+        answer.message()
+    );
     coordinator.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_silent_node_is_listed_dead_after_the_timeout() {
-    let coordinator = TestCoordinator::start(|c| {
-        c.node_timeout = std::time::Duration::from_millis(200)
-    })
-    .await;
-    coordinator.register("quiet", "http://127.0.0.1:9", 1, 1).await;
+    let coordinator =
+        TestCoordinator::start(|c| c.node_timeout = std::time::Duration::from_millis(200)).await;
+    coordinator
+        .register("quiet", "http://127.0.0.1:9", 1, 1)
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let nodes = coordinator.get("/v1/nodes").await.json();
     assert_eq!(nodes[0]["alive"], false);
@@ -69,15 +78,25 @@ async fn bad_registrations_are_400_with_a_sentence() {
         .send(Method::POST, "/v1/nodes", &b"{not json"[..])
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert!(answer.message().contains("NodeRegistration"), "{}", answer.message());
+    assert!(
+        answer.message().contains("NodeRegistration"),
+        "{}",
+        answer.message()
+    );
 
-    let answer = coordinator.register("a b", "http://127.0.0.1:1", 1, 1).await;
+    let answer = coordinator
+        .register("a b", "http://127.0.0.1:1", 1, 1)
+        .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert!(answer.message().contains("node_id"), "{}", answer.message());
 
     let answer = coordinator.register("a", "unix:/tmp/sock", 1, 1).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
-    assert!(answer.message().contains("http://HOST:PORT"), "{}", answer.message());
+    assert!(
+        answer.message().contains("http://HOST:PORT"),
+        "{}",
+        answer.message()
+    );
 
     let huge = vec![b' '; 2 * 1024 * 1024];
     let answer = coordinator.send(Method::POST, "/v1/nodes", huge).await;
@@ -91,12 +110,20 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     let coordinator = TestCoordinator::start(|_| {}).await;
     let answer = coordinator.get("/v1/nope").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    assert!(answer.message().contains("coordinator.json"), "{}", answer.message());
+    assert!(
+        answer.message().contains("coordinator.json"),
+        "{}",
+        answer.message()
+    );
     let answer = coordinator
         .send(Method::PUT, "/v1/nodes", bytes::Bytes::new())
         .await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert!(answer.message().contains("GET, POST"), "{}", answer.message());
+    assert!(
+        answer.message().contains("GET, POST"),
+        "{}",
+        answer.message()
+    );
     let health = coordinator.get("/v1/health").await;
     assert_eq!(health.json()["status"], "ok");
     coordinator.shutdown().await;

@@ -14,7 +14,10 @@ use serde_json::Value;
 use support::{node_info, registration, submission, TestCoordinator};
 
 fn document() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-proto/openapi/coordinator.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../agent-proto/openapi/coordinator.json"
+    );
     let text = std::fs::read_to_string(path).expect("coordinator.json is checked in");
     serde_json::from_str(&text).expect("coordinator.json is JSON")
 }
@@ -23,7 +26,9 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     let mut ops = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("path item").keys() {
-            if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+            if ["get", "post", "put", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
                 ops.insert((method.to_uppercase(), path.clone()));
             }
         }
@@ -50,7 +55,9 @@ fn refs(value: &Value, out: &mut Vec<String>) {
 #[test]
 fn document_is_openapi_3_and_every_ref_resolves() {
     let doc = document();
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.0.")));
+    assert!(doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.0.")));
     assert!(doc["info"]["title"].is_string());
     let mut all = Vec::new();
     refs(&doc, &mut all);
@@ -62,7 +69,10 @@ fn document_is_openapi_3_and_every_ref_resolves() {
     for (method, path) in documented(&doc) {
         let op = &doc["paths"][&path][method.to_lowercase()];
         assert!(op["responses"].is_object(), "{method} {path} has responses");
-        assert!(op["operationId"].is_string(), "{method} {path} has an operationId");
+        assert!(
+            op["operationId"].is_string(),
+            "{method} {path} has an operationId"
+        );
     }
 }
 
@@ -88,7 +98,9 @@ async fn every_documented_operation_is_served() {
         .await;
 
     for (method, template) in documented(&doc) {
-        let path = template.replace("{node_id}", "n1").replace("{job_id}", "j1");
+        let path = template
+            .replace("{node_id}", "n1")
+            .replace("{job_id}", "j1");
         let body: Bytes = match (method.as_str(), template.as_str()) {
             ("POST", "/v1/nodes") => {
                 serde_json::to_vec(&registration("n1", "http://127.0.0.1:9", 1, 1))
@@ -109,9 +121,19 @@ async fn every_documented_operation_is_served() {
         };
         let method = Method::from_bytes(method.as_bytes()).expect("method");
         let answer = coordinator.send(method.clone(), &path, body).await;
-        assert_ne!(answer.status, StatusCode::NOT_FOUND, "{method} {path}: {:?}", answer.body);
-        assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-        let documented_statuses = &doc["paths"][&template][method.as_str().to_lowercase()]["responses"];
+        assert_ne!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{method} {path}: {:?}",
+            answer.body
+        );
+        assert_ne!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        let documented_statuses =
+            &doc["paths"][&template][method.as_str().to_lowercase()]["responses"];
         assert!(
             documented_statuses[answer.status.as_str()].is_object(),
             "{method} {path} answered {} which is not documented",
@@ -120,8 +142,16 @@ async fn every_documented_operation_is_served() {
     }
 
     for (_, template) in documented(&doc) {
-        let path = template.replace("{node_id}", "n1").replace("{job_id}", "j1");
-        for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+        let path = template
+            .replace("{node_id}", "n1")
+            .replace("{job_id}", "j1");
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ] {
             let op = &doc["paths"][&template][method.as_str().to_lowercase()];
             if op.is_object() {
                 continue;

@@ -174,7 +174,11 @@ mod tests {
         tx.send(small.clone()).await.expect("open");
         tx.send(large.clone()).await.expect("open");
         drop(tx);
-        let bytes = Body::frames(rx).collect().await.expect("infallible").to_bytes();
+        let bytes = Body::frames(rx)
+            .collect()
+            .await
+            .expect("infallible")
+            .to_bytes();
         let mut decoder = FrameDecoder::default();
         decoder.extend(&bytes);
         assert_eq!(decoder.next_frame().expect("valid"), Some(small));

@@ -76,7 +76,9 @@ mod tests {
 
     #[tokio::test]
     async fn reads_frames_then_clean_end() {
-        let mut wire = Frame::new(FrameKind::Function, vec![1u8, 2]).encode().to_vec();
+        let mut wire = Frame::new(FrameKind::Function, vec![1u8, 2])
+            .encode()
+            .to_vec();
         wire.extend_from_slice(&Frame::empty(FrameKind::InputsEnd).encode());
         let mut reader = FrameReader::new(Full::new(Bytes::from(wire)), 1024);
         assert_eq!(

@@ -239,7 +239,9 @@ fn list_limit(query: Option<&str>) -> Result<usize, Error> {
                 Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
                 _ => Err(Error::BadJson {
                     what: "limit",
-                    reason: format!("limit={value} must be a whole number from 1 to {MAX_LIST_LIMIT}"),
+                    reason: format!(
+                        "limit={value} must be a whole number from 1 to {MAX_LIST_LIMIT}"
+                    ),
                 }),
             };
         }
@@ -275,7 +277,9 @@ mod tests {
             by_template.entry(template).or_default().push(method);
         }
         for (template, mut methods) in by_template {
-            let path = template.replace("{node_id}", "n1").replace("{job_id}", "j1");
+            let path = template
+                .replace("{node_id}", "n1")
+                .replace("{job_id}", "j1");
             let route = Route::parse(&path).unwrap_or_else(|| panic!("{template} is routed"));
             let mut allowed: Vec<&str> = route.allow().split(", ").collect();
             allowed.sort_unstable();

@@ -19,10 +19,7 @@ use crate::store::{now_ms, JobRecord};
 const CLIENT_QUEUE: usize = 64;
 
 /// Admits a submission and answers with its result stream.
-pub async fn submit(
-    state: &State,
-    submission: Submission,
-) -> Result<http::Response<Body>, Error> {
+pub async fn submit(state: &State, submission: Submission) -> Result<http::Response<Body>, Error> {
     let Submission {
         spec,
         function,

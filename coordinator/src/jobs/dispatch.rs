@@ -38,7 +38,8 @@ impl JobRun {
         if self.streams.iter().any(|s| s.state.can_send_inputs()) {
             return false;
         }
-        let unplaced = self.admission.is_some() && !self.streams.iter().any(|s| s.state.is_active());
+        let unplaced =
+            self.admission.is_some() && !self.streams.iter().any(|s| s.state.is_active());
         !self.pending.is_empty() || !self.inputs_ended || unplaced
     }
 

@@ -25,14 +25,15 @@ impl JobRun {
             self.cancel_nodes()
         };
         if let Some(admission) = self.admission.take() {
-            let err = outcome
-                .admission_error
-                .take()
-                .unwrap_or_else(|| Error::EndedBeforeAdmission {
-                    job_id: job_id.clone(),
-                    state: outcome.state,
-                    message: outcome.message.clone().unwrap_or_default(),
-                });
+            let err =
+                outcome
+                    .admission_error
+                    .take()
+                    .unwrap_or_else(|| Error::EndedBeforeAdmission {
+                        job_id: job_id.clone(),
+                        state: outcome.state,
+                        message: outcome.message.clone().unwrap_or_default(),
+                    });
             let _ = admission.send(Err(err));
         } else if let Some(tx) = self.client.sender() {
             let end = JobEnd {
@@ -42,14 +43,18 @@ impl JobRun {
                 message: outcome.message.clone(),
             };
             let frame = Frame::json(FrameKind::End, &end);
-            if tokio::time::timeout(END_TIMEOUT, tx.send(frame)).await.is_err() {
+            if tokio::time::timeout(END_TIMEOUT, tx.send(frame))
+                .await
+                .is_err()
+            {
                 warn!(job = %job_id, "client did not read END in time");
             }
         }
         self.client.disconnect();
         cancels.join_all().await;
         self.publish_counts();
-        self.handle.set_state(outcome.state, outcome.message.clone());
+        self.handle
+            .set_state(outcome.state, outcome.message.clone());
         let record = self.handle.record(Some(now_ms()));
         info!(
             job = %job_id,

@@ -143,14 +143,21 @@ mod tests {
     fn a_lost_streams_inputs_move_and_late_answers_are_dropped() {
         let mut table = InFlight::new();
         for index in [5u64, 1, 3] {
-            table.insert(index, 0, Bytes::from(vec![index as u8])).expect("new");
+            table
+                .insert(index, 0, Bytes::from(vec![index as u8]))
+                .expect("new");
         }
         table.insert(2, 1, Bytes::new()).expect("new");
         let moved = table.take_slot(0);
-        assert_eq!(moved.iter().map(|i| i.index).collect::<Vec<_>>(), vec![1, 3, 5]);
+        assert_eq!(
+            moved.iter().map(|i| i.index).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
         assert_eq!(moved[2].payload, Bytes::from(vec![5u8]));
         for item in moved {
-            table.insert(item.index, 2, item.payload).expect("re-dispatched");
+            table
+                .insert(item.index, 2, item.payload)
+                .expect("re-dispatched");
         }
         assert_eq!(table.complete(3, 0), None, "the dead stream's late answer");
         assert_eq!(table.complete(3, 2), Some(1));

@@ -53,7 +53,9 @@ impl JobRun {
             FrameKind::Status => {
                 match frame.parse_json::<JobProgress>() {
                     Ok(progress) => self.streams[slot].progress = progress,
-                    Err(err) => warn!(job = %self.spec.job_id, slot, cause = %err, "node sent an unreadable STATUS"),
+                    Err(err) => {
+                        warn!(job = %self.spec.job_id, slot, cause = %err, "node sent an unreadable STATUS")
+                    }
                 }
                 self.status_dirty = true;
                 Ok(())
@@ -160,10 +162,11 @@ impl JobRun {
                 end.message
                     .unwrap_or_else(|| format!("node {node} failed the job")),
             )),
-            JobState::Cancelled => Err(Outcome::cancelled(
-                end.message
-                    .unwrap_or_else(|| format!("node {node} cancelled the job")),
-            )),
+            JobState::Cancelled => {
+                Err(Outcome::cancelled(end.message.unwrap_or_else(|| {
+                    format!("node {node} cancelled the job")
+                })))
+            }
             JobState::Starting | JobState::Running => self.stream_broken(
                 slot,
                 &format!("it ended its stream in state {}", end.state),
@@ -218,7 +221,8 @@ impl JobRun {
                 progress.nodes += 1;
             }
         }
-        self.forward(Frame::json(FrameKind::Status, &progress)).await
+        self.forward(Frame::json(FrameKind::Status, &progress))
+            .await
     }
 
     /// No node came back for the held inputs: each fails `lost`, then the job fails.

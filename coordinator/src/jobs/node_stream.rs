@@ -145,7 +145,11 @@ async fn relay(
         match frames.next().await {
             Ok(Some(frame)) => {
                 let end = frame.kind == FrameKind::End;
-                if events.send(emit(NodeEventKind::Frame(frame))).await.is_err() {
+                if events
+                    .send(emit(NodeEventKind::Frame(frame)))
+                    .await
+                    .is_err()
+                {
                     drain(frames).await;
                     return;
                 }
@@ -212,9 +216,6 @@ fn refusal_body(status: u16, bytes: &Bytes) -> ErrorBody {
             _ => ErrorCode::Internal,
         };
         let text = String::from_utf8_lossy(bytes);
-        ErrorBody::new(
-            code,
-            format!("the node answered {status}: {}", text.trim()),
-        )
+        ErrorBody::new(code, format!("the node answered {status}: {}", text.trim()))
     })
 }

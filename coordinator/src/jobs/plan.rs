@@ -252,13 +252,31 @@ mod tests {
         assert_eq!(split(4000, &[(2, 2), (6, 8)]), vec![2, 6]);
         assert_eq!(split(4, &[(2, 2), (6, 8)]), vec![1, 3]);
         assert_eq!(split(1, &[(2, 2), (6, 8)]), vec![0, 1]);
-        assert_eq!(split(1, &[(2, 2), (2, 2)]), vec![1, 0], "tie goes to the first");
-        assert_eq!(split(3, &[(1, 1), (1, 1), (1, 1), (1, 1)]), vec![1, 1, 1, 0]);
-        assert_eq!(split(10, &[(0, 2), (3, 3)]), vec![0, 3], "busy nodes get nothing");
-        assert_eq!(split(10, &[(0, 2), (0, 4)]), vec![2, 4], "all busy: by capacity");
+        assert_eq!(
+            split(1, &[(2, 2), (2, 2)]),
+            vec![1, 0],
+            "tie goes to the first"
+        );
+        assert_eq!(
+            split(3, &[(1, 1), (1, 1), (1, 1), (1, 1)]),
+            vec![1, 1, 1, 0]
+        );
+        assert_eq!(
+            split(10, &[(0, 2), (3, 3)]),
+            vec![0, 3],
+            "busy nodes get nothing"
+        );
+        assert_eq!(
+            split(10, &[(0, 2), (0, 4)]),
+            vec![2, 4],
+            "all busy: by capacity"
+        );
         let shares = split(1000, &[(333, 333), (333, 333), (334, 400), (7, 7)]);
         assert_eq!(shares.iter().sum::<u64>(), 1000);
-        for (share, (free, _)) in shares.iter().zip([(333u64, 0u64), (333, 0), (334, 0), (7, 0)]) {
+        for (share, (free, _)) in shares
+            .iter()
+            .zip([(333u64, 0u64), (333, 0), (334, 0), (7, 0)])
+        {
             assert!(*share <= free);
         }
     }
@@ -276,7 +294,10 @@ mod tests {
         s.expected_inputs = Some(10_000);
         let placed = place(&s, &nodes).expect("fits");
         assert_eq!(
-            placed.iter().map(|p| (p.node_id.as_str(), p.share)).collect::<Vec<_>>(),
+            placed
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.share))
+                .collect::<Vec<_>>(),
             vec![("a", 2), ("b", 8)]
         );
 
@@ -303,9 +324,17 @@ mod tests {
             "func_cpu=96 does not fit any node: the largest has 2 CPUs and 23 GB of RAM; lower func_cpu or add a larger node"
         );
         let err = place(&spec(1, 100), &nodes).expect_err("too big");
-        assert!(err.to_string().starts_with("func_ram=100 does not fit any node: the largest has 2 CPUs and 23 GB"), "{err}");
+        assert!(
+            err.to_string().starts_with(
+                "func_ram=100 does not fit any node: the largest has 2 CPUs and 23 GB"
+            ),
+            "{err}"
+        );
         let err = place(&spec(96, 100), &nodes).expect_err("too big");
-        assert!(err.to_string().contains("lower func_cpu and func_ram"), "{err}");
+        assert!(
+            err.to_string().contains("lower func_cpu and func_ram"),
+            "{err}"
+        );
         let nodes = vec![node("cpu", 8, 2, 8), node("ram", 1, 64, 1)];
         let err = place(&spec(4, 32), &nodes).expect_err("no node has both");
         assert!(err.to_string().contains("no node has both"), "{err}");
@@ -357,7 +386,10 @@ mod tests {
         assert!(check_environment(&s).is_ok());
         s.environment = EnvSpec::Packages { packages: vec![] };
         let err = check_environment(&s).expect_err("needs cache");
-        assert!(err.to_string().contains("needs the environment cache"), "{err}");
+        assert!(
+            err.to_string().contains("needs the environment cache"),
+            "{err}"
+        );
         assert_eq!(err.code().status(), 422);
     }
 }

@@ -249,6 +249,7 @@ impl JobRun {
 
     /// Publishes the counters to status requests.
     pub(super) fn publish_counts(&self) {
-        self.handle.set_counts(self.received, self.done, self.failed);
+        self.handle
+            .set_counts(self.received, self.done, self.failed);
     }
 }

@@ -177,7 +177,9 @@ impl JobRun {
             relay: Some(relay),
             items: 0,
             bytes: 0,
-            window_items: per_instance.saturating_mul(share_usize).clamp(per_instance, 1 << 20),
+            window_items: per_instance
+                .saturating_mul(share_usize)
+                .clamp(per_instance, 1 << 20),
             window_bytes: self.state.config.window_bytes,
             progress: JobProgress::default(),
         });
@@ -198,7 +200,10 @@ impl JobRun {
             .filter(|node| !self.excluded.contains(&node.node_id))
             .filter(|node| plan::capacity(&node.info, &self.spec) > 0)
             .filter(|node| {
-                plan::python_matches(&node.info.python_version, self.spec.python_version.as_deref())
+                plan::python_matches(
+                    &node.info.python_version,
+                    self.spec.python_version.as_deref(),
+                )
             })
             .max_by_key(|node| {
                 let busy = self

@@ -89,8 +89,14 @@ mod tests {
         let mut node = Liveness::seen(Instant::now());
         assert!(node.connection_failed(Instant::now(), TIMEOUT));
         assert!(!node.is_alive(Instant::now(), TIMEOUT));
-        assert!(!node.newly_dead(Instant::now(), TIMEOUT), "already announced");
-        assert!(!node.connection_failed(Instant::now(), TIMEOUT), "already dead");
+        assert!(
+            !node.newly_dead(Instant::now(), TIMEOUT),
+            "already announced"
+        );
+        assert!(
+            !node.connection_failed(Instant::now(), TIMEOUT),
+            "already dead"
+        );
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(node.heartbeat(Instant::now(), TIMEOUT));
         assert!(node.is_alive(Instant::now(), TIMEOUT));

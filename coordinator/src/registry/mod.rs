@@ -84,7 +84,9 @@ impl Registry {
     }
 
     fn bump(&self) {
-        self.inner.changes.send_modify(|generation| *generation += 1);
+        self.inner
+            .changes
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Subscribes to changes: the receiver wakes when a node appears, dies or comes back.
@@ -167,10 +169,7 @@ impl Registry {
             nodes
                 .iter_mut()
                 .filter_map(|(id, entry)| {
-                    entry
-                        .liveness
-                        .newly_dead(now, timeout)
-                        .then(|| id.clone())
+                    entry.liveness.newly_dead(now, timeout).then(|| id.clone())
                 })
                 .collect()
         };
@@ -309,13 +308,19 @@ mod tests {
             .expect("valid");
         assert!(changes.has_changed().expect("open"));
         changes.mark_unchanged();
-        assert_eq!(registry.live(Instant::now())[0].address, "http://127.0.0.1:7071");
+        assert_eq!(
+            registry.live(Instant::now())[0].address,
+            "http://127.0.0.1:7071"
+        );
 
         tokio::time::advance(Duration::from_secs(3)).await;
         registry
             .heartbeat("a", info("a", 2, 4), Instant::now())
             .expect("known");
-        assert!(!changes.has_changed().expect("open"), "a plain heartbeat is no change");
+        assert!(
+            !changes.has_changed().expect("open"),
+            "a plain heartbeat is no change"
+        );
 
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(registry.reap(Instant::now()), vec!["a".to_owned()]);
@@ -329,7 +334,10 @@ mod tests {
         registry
             .heartbeat("a", info("a", 2, 4), Instant::now())
             .expect("known");
-        assert!(changes.has_changed().expect("open"), "coming back is a change");
+        assert!(
+            changes.has_changed().expect("open"),
+            "coming back is a change"
+        );
         assert!(registry.is_alive("a", Instant::now()));
     }
 

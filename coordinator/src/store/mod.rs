@@ -68,7 +68,10 @@ enum Op {
     /// Insert or replace a record.
     Put(JobRecord),
     /// Read one record.
-    Get(String, oneshot::Sender<Result<Option<JobRecord>, StoreError>>),
+    Get(
+        String,
+        oneshot::Sender<Result<Option<JobRecord>, StoreError>>,
+    ),
     /// Read the newest records.
     List(usize, oneshot::Sender<Result<Vec<JobRecord>, StoreError>>),
     /// Commit what is queued and stop.
@@ -233,6 +236,9 @@ mod tests {
     #[test]
     fn opening_an_unwritable_path_is_a_typed_error() {
         let err = Store::open(Path::new("/nonexistent-dir/x/jobs.db")).expect_err("fails");
-        assert!(err.to_string().contains("/nonexistent-dir/x/jobs.db"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent-dir/x/jobs.db"),
+            "{err}"
+        );
     }
 }

@@ -39,8 +39,10 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(wrap)?;
     // WAL: readers never block the writer; NORMAL: a commit is durable at the next checkpoint,
     // which is enough for job records and keeps commits off fsync.
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(wrap)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(wrap)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(wrap)?;
     conn.execute_batch(SCHEMA).map_err(wrap)?;

@@ -109,6 +109,9 @@ impl StatusReport {
 pub async fn ensure(engine: &Engine, options: &EnsureOptions) -> Result<EnsureReport, Error> {
     let started = Instant::now();
     let image = options.image()?;
+    if let Some(bundle) = &options.ca_bundle {
+        customize::check_ca_bundle(bundle)?;
+    }
     let hash = options.recipe.content_hash();
     let current = |state: Option<ImageState>| {
         state.filter(|s| s.labels.get(LABEL_RECIPE_HASH) == Some(&hash))
@@ -124,9 +127,6 @@ pub async fn ensure(engine: &Engine, options: &EnsureOptions) -> Result<EnsureRe
     if let Some(state) = current(engine.inspect(&image.to_string()).await?) {
         info!(image = %image, id = %state.id, "base image already present");
         return Ok(report(state, false, false));
-    }
-    if let Some(bundle) = &options.ca_bundle {
-        customize::check_ca_bundle(bundle)?;
     }
     let tools = HostTools::detect()?;
     let work = WorkDir::create(&options.work_dir)?;

@@ -94,7 +94,12 @@ impl Http {
     }
 
     /// Sends `body` whole and reads the whole answer.
-    pub async fn call(&self, method: Method, url: &str, body: Bytes) -> Result<(StatusCode, Bytes)> {
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes)> {
         let (tx, rx) = body_channel();
         if !body.is_empty() {
             tx.0.send(body).await.ok();
@@ -124,7 +129,11 @@ impl Http {
 
     /// Starts `POST {coordinator}/v1/jobs` with a streamed body; the caller sends frames through
     /// the returned sender (and drops it to end the body) while reading the result stream.
-    pub async fn submit(&self, coordinator: &str, first: &[Frame]) -> Result<(BodySender, ResultStream)> {
+    pub async fn submit(
+        &self,
+        coordinator: &str,
+        first: &[Frame],
+    ) -> Result<(BodySender, ResultStream)> {
         let (tx, body) = body_channel();
         // One chunk, so it fits the channel before the request starts consuming it.
         let mut chunk = bytes::BytesMut::new();
@@ -138,7 +147,10 @@ impl Http {
         if response.status() != StatusCode::OK {
             let status = response.status();
             let text = response.into_body().collect().await?.to_bytes();
-            bail!("submission answered {status}: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "submission answered {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
         Ok((tx, ResultStream::new(response.into_body())))
     }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use agent_proto::{Item, ItemBatch, Frame, FrameKind};
+use agent_proto::{Frame, FrameKind, Item, ItemBatch};
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, Bytes};
 

@@ -25,7 +25,10 @@ async fn delete_cancels_on_every_node_within_a_second() -> anyhow::Result<()> {
     let mut first = prelude(&spec(&id, 10_000), &payloads.function);
     first.extend(payloads.batches(0..10_000, 100));
     first.push(Frame::empty(FrameKind::InputsEnd));
-    let (_body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (_body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let mut collected = Collected::default();
     while collected.results.len() < 10 {
         let frame = stream.next().await?.expect("results before END");
@@ -67,7 +70,10 @@ async fn a_client_that_disconnects_cancels_its_job() -> anyhow::Result<()> {
     let mut first = prelude(&spec(&id, 5000), &payloads.function);
     first.extend(payloads.batches(0..5000, 100));
     first.push(Frame::empty(FrameKind::InputsEnd));
-    let (body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let frame = stream.next().await?.expect("a first frame");
     assert_ne!(frame.kind, FrameKind::End);
     drop(stream);
@@ -77,7 +83,13 @@ async fn a_client_that_disconnects_cancels_its_job() -> anyhow::Result<()> {
     loop {
         let record = cluster.get(&format!("/v1/jobs/{id}")).await?;
         if record["state"] == "cancelled" {
-            assert!(record["message"].as_str().unwrap_or("").contains("disconnected"), "{record}");
+            assert!(
+                record["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("disconnected"),
+                "{record}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "job still {record}");

@@ -15,7 +15,10 @@ async fn an_exception_stops_the_job_on_every_node() -> anyhow::Result<()> {
     let mut first = prelude(&spec(&id, 10_000), &payloads.function);
     first.extend(payloads.batches(0..10_000, 250));
     first.push(Frame::empty(FrameKind::InputsEnd));
-    let (_body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (_body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let frames = stream.until_end(Duration::from_secs(60)).await?;
     let collected = Collected::from_frames(&frames)?;
     collected.each_index_once()?;
@@ -36,7 +39,10 @@ async fn an_exception_stops_the_job_on_every_node() -> anyhow::Result<()> {
 
     let record = cluster.get(&format!("/v1/jobs/{id}")).await?;
     assert_eq!(record["state"], "failed");
-    assert!(record["message"].as_str().unwrap_or("").contains("ValueError"));
+    assert!(record["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("ValueError"));
 
     // The daemon no longer runs the job.
     let daemon = &cluster.daemons[0];

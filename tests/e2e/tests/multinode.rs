@@ -15,7 +15,10 @@ async fn two_daemons_share_a_job() -> anyhow::Result<()> {
     let mut first = prelude(&spec(&id, 2000), &payloads.function);
     first.extend(payloads.batches(0..2000, 50));
     first.push(Frame::empty(FrameKind::InputsEnd));
-    let (_body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (_body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let frames = stream.until_end(Duration::from_secs(120)).await?;
     let collected = Collected::from_frames(&frames)?;
     assert_eq!(collected.each_index_once()?, 2000);
@@ -45,7 +48,10 @@ async fn a_dead_nodes_inputs_are_redispatched() -> anyhow::Result<()> {
     let mut first = prelude(&spec(&id, 600), &payloads.function);
     first.extend(payloads.batches(0..600, 20));
     first.push(Frame::empty(FrameKind::InputsEnd));
-    let (_body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (_body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let mut collected = Collected::default();
     while collected.results.len() < 60 {
         let frame = stream.next().await?.expect("results before END");
@@ -62,9 +68,9 @@ async fn a_dead_nodes_inputs_are_redispatched() -> anyhow::Result<()> {
     let nodes = cluster.get("/v1/nodes").await?;
     let dead = &cluster.daemons[1].node_id;
     assert!(
-        nodes
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n["node_id"] == dead.as_str() && n["alive"] == false)),
+        nodes.as_array().is_some_and(|n| n
+            .iter()
+            .any(|n| n["node_id"] == dead.as_str() && n["alive"] == false)),
         "{nodes}"
     );
     Ok(())

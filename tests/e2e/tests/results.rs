@@ -19,7 +19,10 @@ async fn ten_thousand_inputs_come_back_once_each_with_their_values() -> anyhow::
     // INPUTS_END; the rest, and INPUTS_END, through POST /v1/jobs/{id}/inputs.
     let mut first = prelude(&spec(&id, 10_000), &payloads.function);
     first.extend(payloads.batches(0..5000, 500));
-    let (body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     drop(body);
     let mut rest = Vec::new();
     for frame in payloads.batches(5000..10_000, 700) {
@@ -41,8 +44,14 @@ async fn ten_thousand_inputs_come_back_once_each_with_their_values() -> anyhow::
     assert!(collected.failures.is_empty(), "{:?}", collected.failures);
     assert_eq!(collected.each_index_once()?, 10_000);
     let end = collected.end.as_ref().expect("END");
-    assert_eq!((end.state, end.done, end.failed), (JobState::Completed, 10_000, 0));
-    assert_eq!(python::check_results(&collected.results, "i * 3 + 1")?, 10_000);
+    assert_eq!(
+        (end.state, end.done, end.failed),
+        (JobState::Completed, 10_000, 0)
+    );
+    assert_eq!(
+        python::check_results(&collected.results, "i * 3 + 1")?,
+        10_000
+    );
 
     let record = cluster.get(&format!("/v1/jobs/{id}")).await?;
     assert_eq!(record["state"], "completed");
@@ -61,7 +70,10 @@ async fn one_request_streams_inputs_while_results_come_back() -> anyhow::Result<
     let id = job_id("duplex");
     let mut first = prelude(&spec(&id, 300), &payloads.function);
     first.extend(payloads.batches(0..100, 100));
-    let (body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let mut collected = Collected::default();
     let mut batches = payloads.batches(100..300, 100).into_iter();
     // Each further batch goes out only after the previous batch's results came back on the
@@ -89,12 +101,18 @@ async fn one_request_streams_inputs_while_results_come_back() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn print_output_is_forwarded_with_its_input() -> anyhow::Result<()> {
     let cluster = Cluster::start(1).await?;
-    let payloads = python::payloads("def f(x):\n    print('hello', x)\n    return x\n", "range(5)")?;
+    let payloads = python::payloads(
+        "def f(x):\n    print('hello', x)\n    return x\n",
+        "range(5)",
+    )?;
     let id = job_id("print");
     let mut first = prelude(&spec(&id, 5), &payloads.function);
     first.extend(payloads.batches(0..5, 5));
     first.push(Frame::empty(FrameKind::InputsEnd));
-    let (_body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &first).await?;
+    let (_body, mut stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
     let frames = stream.until_end(Duration::from_secs(60)).await?;
     let outputs: Vec<agent_proto::Output> = frames
         .iter()
