@@ -47,6 +47,9 @@ struct Args {
     /// How long inputs of lost nodes wait for a node to re-run them.
     #[arg(long, default_value_t = 30_000)]
     redispatch_wait_ms: u64,
+    /// Inputs a node may hold per instance of its share before backpressure applies.
+    #[arg(long, default_value_t = 4096)]
+    window_items_per_instance: usize,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -84,6 +87,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
     config.redispatch_wait = Duration::from_millis(args.redispatch_wait_ms);
+    config.window_items_per_instance = args.window_items_per_instance.max(1);
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -2,8 +2,11 @@
 //! median latency of a one-input job, through `fleetmapd::run` on loopback with a Rust client.
 //!
 //! ```text
-//! cargo run --release -p fleetmapd --example throughput -- [INPUTS] [LATENCY_RUNS]
+//! cargo run --release -p fleetmapd --example throughput -- [INPUTS] [LATENCY_RUNS] [PAUSE_MS]
 //! ```
+//!
+//! One-input jobs are spaced by PAUSE_MS (default 10) so that each finds a warm pool: every
+//! job takes fresh workers, and the zygote forks replacements in the background.
 
 use std::time::Instant;
 
@@ -43,7 +46,12 @@ fn body(id: &str, function: &Bytes, n: u64) -> Bytes {
     Frame::new(FrameKind::Function, function.clone()).encode_into(&mut wire);
     let items: Vec<u64> = (0..n).collect();
     for chunk in items.chunks(10_000) {
-        let batch = ItemBatch::new(chunk.iter().map(|i| Item::new(*i, pickle_int(*i))).collect());
+        let batch = ItemBatch::new(
+            chunk
+                .iter()
+                .map(|i| Item::new(*i, pickle_int(*i)))
+                .collect(),
+        );
         batch.into_frame(FrameKind::Inputs).encode_into(&mut wire);
     }
     Frame::empty(FrameKind::InputsEnd).encode_into(&mut wire);
@@ -62,6 +70,7 @@ async fn run_job(addr: std::net::SocketAddr, body: Bytes) -> (u64, JobEnd) {
         .body(Full::new(body))
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
+
     let mut frames = BodyFrames::new(response.into_body(), 1 << 30);
     let mut results = 0u64;
     while let Some(frame) = frames.next().await.expect("frames") {
@@ -93,10 +102,16 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(300);
+    let pause: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
     let state = tempfile::tempdir().expect("state dir");
     let mut config = Config::new("bench", state.path(), "python3");
     config.cgroup_parent = Some(format!("fleetmap-bench/{}", std::process::id()));
-    config.pool_size = Some(std::env::var("POOL").ok().and_then(|p| p.parse().ok()).unwrap_or(2));
+    config.pool_size = Some(
+        std::env::var("POOL")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(2),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -122,6 +137,7 @@ async fn main() {
 
     let mut latencies = Vec::with_capacity(runs);
     for i in 0..runs {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         let job = body(&format!("lat{i}"), &function, 1);
         let started = Instant::now();
         let (results, _) = run_job(addr, job).await;
@@ -130,7 +146,7 @@ async fn main() {
     }
     latencies.sort_by(f64::total_cmp);
     println!(
-        "one-input job: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {runs} runs",
+        "one-input job: median {:.3} ms, p90 {:.3} ms, min {:.3} ms over {runs} runs {pause} ms apart",
         latencies[runs / 2],
         latencies[runs * 9 / 10],
         latencies[0]

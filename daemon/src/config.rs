@@ -88,6 +88,8 @@ pub struct Limits {
     pub stream_frames: usize,
     /// Jobs that may run at once; more are refused with 429.
     pub max_jobs: usize,
+    /// Client connections served at once (each may buffer up to one frame).
+    pub max_connections: usize,
     /// Ended jobs remembered for `GET /v1/jobs/{id}`.
     pub finished_jobs_kept: usize,
     /// How long to wait for the zygote to report ready at start.
@@ -102,6 +104,7 @@ impl Default for Limits {
             queue_bytes: 64 * 1024 * 1024,
             stream_frames: 64,
             max_jobs: 64,
+            max_connections: 256,
             finished_jobs_kept: 1024,
             startup_timeout: Duration::from_secs(60),
         }

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -49,6 +50,8 @@ pub async fn run(
     let state_dir = std::fs::canonicalize(&config.state_dir)
         .map_err(|e| DaemonError::io("canonicalize", &config.state_dir, e))?;
     let progress_dir = state_dir.join("progress");
+    // Progress files of an earlier run's workers mean nothing now.
+    let _ = std::fs::remove_dir_all(&progress_dir);
     std::fs::create_dir_all(&progress_dir)
         .map_err(|e| DaemonError::io("mkdir", &progress_dir, e))?;
     let inventory = Inventory::detect_with_roots(&config.cgroup_root, &config.proc_root)?;
@@ -122,8 +125,17 @@ pub async fn run(
     );
 
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(config.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // At the connection limit, stop accepting (new clients wait in the listen backlog).
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -147,6 +159,7 @@ pub async fn run(
                     if let Err(err) = conn.await {
                         debug!(%peer, cause = %err, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             _ = &mut shutdown => break,

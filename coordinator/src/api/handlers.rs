@@ -63,14 +63,14 @@ pub async fn apply(state: &State, command: Command) -> Result<Response<Body>, Er
             let mut records = state.store.list(limit).await?;
             for record in &mut records {
                 if let Some(handle) = state.jobs.get(&record.job_id) {
-                    *record = handle.record(None);
+                    *record = handle.record();
                 }
             }
             Ok(Body::json_response(StatusCode::OK, &records))
         }
         Command::GetJob { job_id } => {
             let record = match state.jobs.get(&job_id) {
-                Some(handle) => handle.record(None),
+                Some(handle) => handle.record(),
                 None => stored(state, &job_id).await?,
             };
             Ok(Body::json_response(StatusCode::OK, &record))
@@ -86,7 +86,7 @@ pub async fn apply(state: &State, command: Command) -> Result<Response<Body>, Er
             let record = if handle.is_ended() {
                 stored(state, &job_id).await?
             } else {
-                handle.record(None)
+                handle.record()
             };
             Ok(Body::json_response(StatusCode::ACCEPTED, &record))
         }

@@ -50,7 +50,7 @@ pub async fn submit(state: &State, submission: Submission) -> Result<http::Respo
         instances = placements.iter().map(|p| p.share).sum::<u64>(),
         "job admitted"
     );
-    state.store.put(handle.record(None)).await;
+    state.store.put(handle.record()).await;
     let (client_tx, client_rx) = mpsc::channel(CLIENT_QUEUE);
     let (admission_tx, admission) = oneshot::channel();
     let run = JobRun::new(

@@ -10,7 +10,6 @@ use tracing::{info, warn};
 use super::run::{JobRun, Outcome};
 use super::streams::StreamState;
 use crate::error::Error;
-use crate::store::now_ms;
 
 /// How long END may wait for a slow client.
 const END_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,6 +18,10 @@ impl JobRun {
     /// Ends the job with `outcome`.
     pub(super) async fn finish(mut self, mut outcome: Outcome) {
         let job_id = self.spec.job_id.clone();
+        // Final state first: whoever sees END and then asks for the job sees it ended.
+        self.publish_counts();
+        self.handle
+            .set_state(outcome.state, outcome.message.clone());
         let cancels = if outcome.state == JobState::Completed {
             JoinSet::new()
         } else {
@@ -52,10 +55,7 @@ impl JobRun {
         }
         self.client.disconnect();
         cancels.join_all().await;
-        self.publish_counts();
-        self.handle
-            .set_state(outcome.state, outcome.message.clone());
-        let record = self.handle.record(Some(now_ms()));
+        let record = self.handle.record();
         info!(
             job = %job_id,
             state = %outcome.state,

@@ -16,6 +16,14 @@ use crate::store::JobRecord;
 /// Client input frames queued for a job task before senders wait (backpressure to the client).
 pub const INPUT_QUEUE: usize = 16;
 
+/// Lifecycle as status requests see it.
+#[derive(Debug, Clone)]
+struct StateNow {
+    state: JobState,
+    message: Option<String>,
+    finished_at_ms: Option<u64>,
+}
+
 /// Counters the job task updates and status requests read.
 #[derive(Debug)]
 struct Live {
@@ -26,7 +34,7 @@ struct Live {
     done: AtomicU64,
     failed: AtomicU64,
     /// std Mutex: state changes a few times per job and nothing awaits under it.
-    state: Mutex<(JobState, Option<String>)>,
+    state: Mutex<StateNow>,
 }
 
 /// A running job as the rest of the coordinator sees it.
@@ -63,13 +71,17 @@ impl JobHandle {
                 inputs: AtomicU64::new(0),
                 done: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
-                state: Mutex::new((JobState::Starting, None)),
+                state: Mutex::new(StateNow {
+                    state: JobState::Starting,
+                    message: None,
+                    finished_at_ms: None,
+                }),
             },
         });
         (handle, rx)
     }
 
-    fn state_lock(&self) -> MutexGuard<'_, (JobState, Option<String>)> {
+    fn state_lock(&self) -> MutexGuard<'_, StateNow> {
         // Each critical section is a single assignment or copy, so a poisoned lock is usable.
         self.live
             .state
@@ -133,19 +145,28 @@ impl JobHandle {
         self.live.failed.store(failed, Ordering::Relaxed);
     }
 
-    /// Moves the job to `state`.
+    /// Moves the job to `state`; a final state stamps the end time.
     pub(crate) fn set_state(&self, state: JobState, message: Option<String>) {
-        *self.state_lock() = (state, message);
+        let finished_at_ms = state.is_terminal().then(crate::store::now_ms);
+        *self.state_lock() = StateNow {
+            state,
+            message,
+            finished_at_ms,
+        };
     }
 
     /// The job's current state.
     pub fn state(&self) -> JobState {
-        self.state_lock().0
+        self.state_lock().state
     }
 
-    /// The record as of now (`finished_at_ms` set once it ended).
-    pub fn record(&self, finished_at_ms: Option<u64>) -> JobRecord {
-        let (state, message) = self.state_lock().clone();
+    /// The record as of now.
+    pub fn record(&self) -> JobRecord {
+        let StateNow {
+            state,
+            message,
+            finished_at_ms,
+        } = self.state_lock().clone();
         JobRecord {
             job_id: self.job_id.clone(),
             state,
@@ -272,12 +293,12 @@ mod tests {
         assert_eq!(job.cancel_reason(), "the client disconnected");
         job.set_counts(10, 7, 1);
         job.set_state(JobState::Cancelled, Some(job.cancel_reason()));
-        let record = job.record(Some(9));
+        let record = job.record();
         assert_eq!(
             (record.inputs, record.done, record.failed, record.state),
             (10, 7, 1, JobState::Cancelled)
         );
-        assert_eq!(record.finished_at_ms, Some(9));
+        assert!(record.finished_at_ms.is_some());
         assert!(job.close_inputs());
         assert!(!job.close_inputs());
     }

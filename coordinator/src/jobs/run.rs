@@ -200,6 +200,12 @@ impl JobRun {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Credit came back: held (re-dispatched) inputs go before new client inputs.
+            if false && !self.pending.is_empty() && self.has_credit() {
+                if let Err(outcome) = self.flush_pending() {
+                    return outcome;
+                }
+            }
             if let Some(outcome) = self.completed() {
                 return outcome;
             }

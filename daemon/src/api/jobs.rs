@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::{json, Submission};
 use crate::job::feed::{feed, FeedError};
 use crate::job::sink::ResultSink;
-use crate::job::supervisor::supervise;
+use crate::job::supervisor;
 use crate::job::{admit, Job};
 use crate::state::Daemon;
 
@@ -42,7 +42,7 @@ pub async fn submit(
         "job admitted"
     );
     let (sink, body) = ResultSink::channel(d.limits.stream_frames);
-    tokio::spawn(supervise(job.clone(), daemon.job_context(), sink));
+    supervisor::start(job.clone(), daemon.job_context(), sink);
     tokio::spawn(async move {
         match feed(&job, &mut inputs).await {
             Ok(_) => {}

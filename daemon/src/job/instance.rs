@@ -77,6 +77,16 @@ struct InFlight {
 }
 
 impl InFlight {
+    fn new(chunk: Arc<Chunk>) -> Self {
+        Self {
+            chunk,
+            sent: Instant::now(),
+            answered: 0,
+            failed: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
     fn is_answered(&self, index: u64) -> bool {
         self.failed.contains(&index) || self.results.contains(&index)
     }
@@ -170,7 +180,9 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
         oom_before,
     };
 
-    // ASSIGN + FUNCTION in one vectored write, then wait for READY.
+    // ASSIGN + FUNCTION, and the first chunk when inputs are queued already, in one vectored
+    // write: the worker loads the function and goes on to the chunk without waiting for a
+    // round trip after READY (it reads frames in order, so this is the protocol's order).
     let assign = Frame::json(
         FrameKind::Assign,
         &Assignment {
@@ -182,16 +194,25 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
         },
     );
     let function = Frame::new(FrameKind::Function, job.function().clone());
-    let sent = writer
-        .send_parts(&[
-            &assign.header(),
-            &assign.body,
-            &function.header(),
-            &function.body,
-        ])
-        .await;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+    let first = job.queue().pop(sizer.next_size()).map(Arc::new);
+    let (assign_header, function_header) = (assign.header(), function.header());
+    let mut parts: Vec<&[u8]> = vec![
+        &assign_header,
+        &assign.body,
+        &function_header,
+        &function.body,
+    ];
+    if let Some(chunk) = &first {
+        parts.extend(chunk.parts());
+    }
+    let sent = writer.send_parts(&parts).await;
+    drop(parts);
+    if let Some(chunk) = first {
+        in_flight.push_back(InFlight::new(chunk));
+    }
     if sent.is_err() {
-        return w.died(VecDeque::new(), None, false).await;
+        return w.died(in_flight, None, false).await;
     }
     match w.wait_ready(&mut reader).await {
         Ok(Some(ready)) => {
@@ -199,13 +220,13 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
             job.instance_ready();
         }
         Ok(None) => return Outcome::Stopped { exit: Some(w.exit) },
-        Err(Stop::Died) => return w.died(VecDeque::new(), None, false).await,
+        Err(Stop::Died) => return w.died(in_flight, None, false).await,
         Err(Stop::Job) => return w.leave(None, None).await,
     }
 
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT + 1);
     let writer_task = tokio::spawn(write_chunks(writer, rx));
-    w.run(reader, tx, writer_task, sizer).await
+    w.run(reader, tx, writer_task, in_flight, sizer).await
 }
 
 /// Why waiting for READY ended without it.
@@ -309,6 +330,7 @@ impl WorkerCtx<'_> {
         mut reader: FrameReader,
         tx: mpsc::Sender<WriterMsg>,
         writer_task: JoinHandle<()>,
+        mut in_flight: VecDeque<InFlight>,
         sizer: &mut ChunkSizer,
     ) -> Outcome {
         let job = self.instance.job.clone();
@@ -321,7 +343,6 @@ impl WorkerCtx<'_> {
         let mut ticker = tokio::time::interval(TIMEOUT_CHECK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen: Option<(u64, u64)> = None;
-        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
         loop {
             tokio::select! {
                 biased;
@@ -342,15 +363,8 @@ impl WorkerCtx<'_> {
                 }
                 chunk = job.queue().next_chunk(sizer.next_size()), if in_flight.len() < sizer.in_flight_limit() => {
                     let Some(chunk) = chunk else { continue };
-                    job.started(chunk.len() as u64);
                     let chunk = Arc::new(chunk);
-                    in_flight.push_back(InFlight {
-                        chunk: chunk.clone(),
-                        sent: Instant::now(),
-                        answered: 0,
-                        failed: Vec::new(),
-                        results: Vec::new(),
-                    });
+                    in_flight.push_back(InFlight::new(chunk.clone()));
                     if tx.send(WriterMsg::Chunk(chunk)).await.is_err() {
                         return self.died(in_flight, None, true).await;
                     }
@@ -534,15 +548,12 @@ impl WorkerCtx<'_> {
             );
             job.unattributed_death();
         }
-        let mut requeued = 0u64;
         for flight in in_flight.iter().rev() {
             let keep = |i: u64| !flight.is_answered(i) && (Some(i) != blamed || retry_blamed);
             if let Some(segment) = flight.chunk.subset(keep) {
-                requeued += segment.remaining() as u64;
                 job.queue().push_front(segment);
             }
         }
-        job.requeued(requeued);
         Outcome::Died { ready }
     }
 }

@@ -63,8 +63,6 @@ struct Counters {
     /// Why the job ended, once decided.
     message: Option<String>,
     inputs_ended: bool,
-    /// Items sent to workers and not yet answered.
-    running: u64,
     done: u64,
     failed: u64,
     instances: u64,
@@ -111,7 +109,6 @@ impl Job {
                 state: JobState::Starting,
                 message: None,
                 inputs_ended: false,
-                running: 0,
                 done: 0,
                 failed: 0,
                 instances: 0,
@@ -173,12 +170,13 @@ impl Job {
     /// The status report of `GET /v1/jobs/{id}`.
     pub fn status(&self) -> JobStatus {
         let queued = self.0.queue.len() as u64;
+        let running = self.0.queue.running();
         let c = self.counters();
         JobStatus {
             job_id: self.id().to_string(),
             state: c.state,
             queued,
-            running: c.running,
+            running,
             done: c.done,
             failed: c.failed,
             instances: c.instances,
@@ -252,32 +250,20 @@ impl Job {
         self.counters().instances = instances;
     }
 
-    /// `items` were sent to a worker.
-    pub fn started(&self, items: u64) {
-        self.counters().running += items;
-    }
-
     /// `results` items yielded a result and `failures` a failure.
     pub fn answered(&self, results: u64, failures: u64) {
+        self.0.queue.answered(results + failures);
         {
             let mut c = self.counters();
-            c.running = c.running.saturating_sub(results + failures);
             c.done += results;
             c.failed += failures;
         }
         self.notify();
     }
 
-    /// `items` in flight went back to the queue.
-    pub fn requeued(&self, items: u64) {
-        let mut c = self.counters();
-        c.running = c.running.saturating_sub(items);
-    }
-
     /// Whether every input has been answered and no more will come.
     pub fn is_complete(&self) -> bool {
-        let c = self.counters();
-        c.inputs_ended && c.running == 0 && self.0.queue.is_empty()
+        self.counters().inputs_ended && self.0.queue.is_idle()
     }
 
     /// Instances the job could use now: its cap (parallelism, expected inputs), limited to its
@@ -292,7 +278,8 @@ impl Job {
         if !c.inputs_ended && self.0.spec.expected_inputs.is_some() {
             return cap;
         }
-        cap.min(self.0.queue.len() as u64 + c.running)
+        drop(c);
+        cap.min(self.0.queue.len() as u64 + self.0.queue.running())
     }
 
     /// How many times input `index` has run (1 unless retried).
@@ -390,11 +377,23 @@ mod tests {
         assert!(!job.finish(JobState::Running, None));
     }
 
+    fn queue_three(job: &Job) {
+        let items = (0..3)
+            .map(|i| agent_proto::Item::new(i, vec![0u8]))
+            .collect();
+        let segment =
+            chunk::Segment::parse(agent_proto::ItemBatch::new(items).encode()).expect("valid");
+        futures_util::FutureExt::now_or_never(job.queue().push(segment))
+            .expect("room")
+            .expect("open");
+    }
+
     #[test]
     fn completion_needs_inputs_end_and_nothing_running() {
         let job = job(|_| {});
         assert!(!job.is_complete());
-        job.started(3);
+        queue_three(&job);
+        assert_eq!(job.queue().pop(10).map(|c| c.len()), Some(3));
         job.end_inputs().expect("ok");
         assert!(!job.is_complete());
         job.answered(2, 1);
@@ -425,8 +424,9 @@ mod tests {
         assert_eq!(known.wanted_instances(), 2, "started before inputs arrive");
         let unknown = job(|_| {});
         assert_eq!(unknown.wanted_instances(), 0);
-        unknown.started(5);
-        assert_eq!(unknown.wanted_instances(), 5);
+        queue_three(&unknown);
+        unknown.queue().pop(1);
+        assert_eq!(unknown.wanted_instances(), 3, "queued plus running");
         unknown.finish(JobState::Cancelled, None);
         assert_eq!(unknown.wanted_instances(), 0);
     }

@@ -17,6 +17,10 @@ struct State {
     segments: VecDeque<Segment>,
     items: usize,
     bytes: usize,
+    /// Items taken by workers and not yet answered or put back. Kept under the same lock as
+    /// `items` so that "nothing queued and nothing running" is never observed between a
+    /// worker taking items and counting them.
+    running: u64,
     closed: bool,
 }
 
@@ -65,6 +69,23 @@ impl InputQueue {
         self.lock().bytes
     }
 
+    /// Items taken by workers and not yet answered.
+    pub fn running(&self) -> u64 {
+        self.lock().running
+    }
+
+    /// Whether nothing is queued and nothing is running.
+    pub fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.items == 0 && state.running == 0
+    }
+
+    /// `n` running items were answered.
+    pub fn answered(&self, n: u64) {
+        let mut state = self.lock();
+        state.running = state.running.saturating_sub(n);
+    }
+
     /// Appends a client's batch, waiting while the queue is full.
     pub async fn push(&self, segment: Segment) -> Result<(), QueueClosed> {
         if segment.remaining() == 0 {
@@ -99,11 +120,12 @@ impl InputQueue {
         }
     }
 
-    /// Puts items back at the front (a dead worker's unfinished ones), ignoring the bounds:
-    /// they were already counted once and must not wait behind new inputs.
+    /// Puts running items back at the front (a dead worker's unfinished ones), ignoring the
+    /// bounds: they were already counted once and must not wait behind new inputs.
     pub fn push_front(&self, segment: Segment) {
         {
             let mut state = self.lock();
+            state.running = state.running.saturating_sub(segment.remaining() as u64);
             if state.closed || segment.remaining() == 0 {
                 return;
             }
@@ -114,12 +136,13 @@ impl InputQueue {
         self.items_ready.notify_waiters();
     }
 
-    /// Takes up to `max` items now.
+    /// Takes up to `max` items now; they count as running until answered or put back.
     pub fn pop(&self, max: usize) -> Option<Chunk> {
         let chunk = {
             let mut state = self.lock();
             let chunk = Chunk::take_from(&mut state.segments, max.max(1))?;
             state.items -= chunk.len();
+            state.running += chunk.len() as u64;
             state.bytes = state.bytes.saturating_sub(chunk.cost());
             chunk
         };
@@ -214,11 +237,26 @@ mod tests {
     #[tokio::test]
     async fn requeued_items_come_first_and_ignore_bounds() {
         let queue = InputQueue::new(2, 1 << 20);
+        queue.push(segment(100, 3, 1)).await.expect("open");
+        let taken = queue.pop(3).expect("items");
         queue.push(segment(0, 2, 1)).await.expect("open");
-        queue.push_front(segment(100, 3, 1));
-        assert_eq!(queue.len(), 5);
+        assert_eq!(queue.running(), 3);
+        queue.push_front(taken.subset(|_| true).expect("items"));
+        assert_eq!((queue.len(), queue.running()), (5, 0));
         let chunk = queue.pop(3).expect("items");
         assert!(chunk.contains(100) && chunk.contains(102) && !chunk.contains(0));
+    }
+
+    #[tokio::test]
+    async fn taken_items_run_until_answered() {
+        let queue = InputQueue::new(10, 1 << 20);
+        assert!(queue.is_idle());
+        queue.push(segment(0, 4, 1)).await.expect("open");
+        let chunk = queue.pop(10).expect("items");
+        assert_eq!((queue.len(), queue.running()), (0, 4));
+        assert!(!queue.is_idle(), "taken but unanswered");
+        queue.answered(chunk.len() as u64);
+        assert!(queue.is_idle());
     }
 
     #[tokio::test]

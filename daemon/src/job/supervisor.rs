@@ -33,11 +33,18 @@ pub struct JobContext {
     pub progress_dir: PathBuf,
 }
 
+/// Starts the instances `job` can use right away (so that they load the function while the
+/// inputs arrive), then supervises it on a task of its own until END.
+pub fn start(job: Job, ctx: JobContext, sink: ResultSink) {
+    let mut instances = JoinSet::new();
+    start_instances(&job, &ctx, &sink, &mut instances);
+    tokio::spawn(supervise(job, ctx, sink, instances));
+}
+
 /// Runs `job` to its end and closes its result stream with END.
-pub async fn supervise(job: Job, ctx: JobContext, sink: ResultSink) {
+async fn supervise(job: Job, ctx: JobContext, sink: ResultSink, mut instances: JoinSet<()>) {
     let span = tracing::info_span!("job", job = %job.id());
     async move {
-        let mut instances = JoinSet::new();
         let mut status = tokio::time::interval_at(
             tokio::time::Instant::now() + STATUS_EVERY,
             STATUS_EVERY,

@@ -33,8 +33,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a coordinator and `nodes` daemons and waits until every daemon is alive there.
     pub async fn start(nodes: usize) -> Result<Self> {
+        Self::start_with(nodes, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra coordinator flags.
+    pub async fn start_with(nodes: usize, coordinator_flags: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let coordinator = Coordinator::start(dir.path(), &[])?;
+        let coordinator = Coordinator::start(dir.path(), coordinator_flags)?;
         let mut cluster = Self {
             daemons: Vec::new(),
             coordinator,

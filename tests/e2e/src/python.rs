@@ -76,7 +76,7 @@ for x in items:
 "#
     );
     let mut bytes = Bytes::from(python(&script, b"")?);
-    let mut take = |bytes: &mut Bytes| -> Result<Bytes> {
+    let take = |bytes: &mut Bytes| -> Result<Bytes> {
         if bytes.remaining() < 4 {
             bail!("short python output");
         }

@@ -41,7 +41,18 @@ async fn two_daemons_share_a_job() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_inputs_are_redispatched() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(2).await?;
+    redispatch_after_a_node_dies(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redispatched_inputs_wait_for_credit_on_full_nodes() -> anyhow::Result<()> {
+    // A window of 4 inputs per instance: the survivor is full when the dead node's inputs come
+    // back, so they must go out as its credit returns.
+    redispatch_after_a_node_dies(&["--window-items-per-instance", "4"]).await
+}
+
+async fn redispatch_after_a_node_dies(flags: &[&str]) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(2, flags).await?;
     let source = "import time\ndef f(x):\n    time.sleep(0.01)\n    return x + 7\n";
     let payloads = python::payloads(source, "range(600)")?;
     let id = job_id("lost");

@@ -7,10 +7,14 @@
 
 mod exits;
 mod pool;
+mod priority;
+mod spares;
 pub mod stale;
 mod zygote;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use self::exits::Exits;
 use self::pool::{IdleWorker, Pool};
+use self::spares::Spares;
 use crate::runtime::{Runtime, RuntimeError, Worker, WorkerConn};
 
 /// The worker module, embedded so the daemon binary is all a node needs besides Python.
@@ -85,6 +90,9 @@ pub(crate) struct Inner {
     cgroups: Arc<dyn SlotCgroups>,
     pool: Pool,
     exits: Exits,
+    spares: Spares,
+    /// Whether the zygote runs niced (idle workers must be raised back when taken).
+    niced: AtomicBool,
     /// Python version the zygote reported. A std `Mutex`: read or replaced, never awaited on.
     python: Mutex<String>,
     shutdown: CancellationToken,
@@ -122,12 +130,21 @@ impl ProcessRuntime {
                 path: opts.socket_path.clone(),
                 source,
             })?;
+        // Only this user may connect: a worker receives a job's function and inputs.
+        std::fs::set_permissions(&opts.socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| RuntimeError::Io {
+                op: "chmod",
+                path: opts.socket_path.clone(),
+                source,
+            })?;
         let startup_timeout = opts.startup_timeout;
         let inner = Arc::new(Inner {
             pool: Pool::new(opts.pool_target),
             opts,
             cgroups,
             exits: Exits::default(),
+            spares: Spares::default(),
+            niced: AtomicBool::new(false),
             python: Mutex::new(String::new()),
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -211,6 +228,45 @@ impl ProcessRuntime {
     }
 }
 
+impl ProcessRuntime {
+    /// Puts `pid` into the slot's cgroup: a ready spare of the slot's shape if there is one,
+    /// else a cgroup created now; then prepares a spare of this shape for the next slot.
+    fn place(
+        &self,
+        slot: &fleetmap_sandbox::Slot,
+        limits: &SlotLimits,
+        pid: u32,
+    ) -> Result<(), fleetmap_sandbox::SandboxError> {
+        let inner = &self.inner;
+        let name = match inner.spares.take(&slot.id, limits) {
+            Some(name) => name,
+            None => {
+                inner.cgroups.create_slot(&slot.id, limits)?;
+                slot.id.clone()
+            }
+        };
+        inner.cgroups.move_into_slot(&name, pid)?;
+        if let Some(plan) = inner.spares.plan(limits) {
+            let inner = inner.clone();
+            let limits = limits.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(old) = plan.evict {
+                    let _ = inner.cgroups.remove_slot(&old);
+                }
+                let created = match inner.cgroups.create_slot(&plan.name, &limits) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        warn!(cause = %err, "cannot prepare a spare slot cgroup");
+                        false
+                    }
+                };
+                inner.spares.done(&limits, plan.name, created);
+            });
+        }
+        Ok(())
+    }
+}
+
 fn sigkill(pid: u32) {
     if let Ok(raw) = i32::try_from(pid) {
         let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
@@ -268,11 +324,17 @@ async fn accept(inner: Arc<Inner>, listener: UnixListener) {
 
 /// Reads and checks a worker's HELLO.
 async fn hello(inner: &Inner, stream: UnixStream) -> Result<IdleWorker, String> {
-    let peer = stream
+    let cred = stream
         .peer_cred()
-        .map_err(|e| format!("no peer credentials: {e}"))?
-        .pid()
-        .and_then(|pid| u32::try_from(pid).ok());
+        .map_err(|e| format!("no peer credentials: {e}"))?;
+    let own_uid = nix::unistd::geteuid().as_raw();
+    if cred.uid() != own_uid {
+        return Err(format!(
+            "the peer runs as uid {} but workers run as uid {own_uid}",
+            cred.uid()
+        ));
+    }
+    let peer = cred.pid().and_then(|pid| u32::try_from(pid).ok());
     let mut conn = WorkerConn::new(stream, inner.opts.max_frame_bytes);
     let frame = conn
         .read_frame()
@@ -329,10 +391,7 @@ impl Runtime for ProcessRuntime {
     ) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
         async move {
             let inner = &self.inner;
-            let limits = SlotLimits {
-                cpus: slot.cpus.clone(),
-                ram_bytes: slot.ram_bytes,
-            };
+            let limits = slot.limits();
             loop {
                 let idle = inner
                     .pool
@@ -341,11 +400,10 @@ impl Runtime for ProcessRuntime {
                         inner.exits.forget(dead.pid, &dead.exit);
                     })
                     .await?;
-                let placed = inner
-                    .cgroups
-                    .create_slot(&slot.id, &limits)
-                    .and_then(|()| inner.cgroups.move_into_slot(&slot.id, idle.pid));
-                match placed {
+                if inner.niced.load(Ordering::Relaxed) {
+                    priority::raise(idle.pid);
+                }
+                match self.place(slot, &limits, idle.pid) {
                     Ok(()) => {
                         return Ok(Worker {
                             pid: idle.pid,
@@ -368,15 +426,16 @@ impl Runtime for ProcessRuntime {
     }
 
     fn oom_kills(&self, slot_id: &str) -> u64 {
-        self.inner.cgroups.oom_kills(slot_id).unwrap_or(0)
+        let name = self.inner.spares.name(slot_id);
+        self.inner.cgroups.oom_kills(&name).unwrap_or(0)
     }
 
     fn kill<'a>(&'a self, slot_id: &'a str, pid: u32) -> BoxFuture<'a, ()> {
         sigkill(pid);
         let cgroups = self.inner.cgroups.clone();
-        let slot = slot_id.to_string();
+        let name = self.inner.spares.name(slot_id);
         async move {
-            match tokio::task::spawn_blocking(move || cgroups.kill_slot(&slot)).await {
+            match tokio::task::spawn_blocking(move || cgroups.kill_slot(&name)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => {
                     warn!(slot = slot_id, cause = %err, "cannot kill the slot's processes")
@@ -389,9 +448,9 @@ impl Runtime for ProcessRuntime {
 
     fn release(&self, slot_id: String) -> BoxFuture<'static, ()> {
         let cgroups = self.inner.cgroups.clone();
+        let name = self.inner.spares.unbind(&slot_id);
         async move {
-            let slot = slot_id.clone();
-            match tokio::task::spawn_blocking(move || cgroups.remove_slot(&slot)).await {
+            match tokio::task::spawn_blocking(move || cgroups.remove_slot(&name)).await {
                 Ok(Ok(())) => debug!(slot = %slot_id, "slot removed"),
                 Ok(Err(err)) => {
                     warn!(slot = %slot_id, cause = %err, "cannot remove the slot's cgroup")

@@ -88,6 +88,10 @@ fn start(inner: &Inner) -> Result<Child, RuntimeError> {
     if let Err(err) = inner.cgroups.enter_pool(pid) {
         warn!(pid, cause = %err, "cannot move the zygote into the pool cgroup");
     }
+    inner.niced.store(
+        super::priority::lower(pid),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     info!(pid, "zygote started");
     Ok(child)
 }
