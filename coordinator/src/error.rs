@@ -39,6 +39,9 @@ pub enum Error {
         /// What the parser said.
         reason: String,
     },
+    /// A query parameter is invalid.
+    #[error("the query parameter {0}")]
+    BadQuery(String),
     /// A request body is larger than the route accepts.
     #[error("the request body is larger than the limit of {limit} bytes; send less")]
     BodyTooLarge {
@@ -152,6 +155,7 @@ impl Error {
             }
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::BadJson { .. }
+            | Self::BadQuery(_)
             | Self::BodyRead(_)
             | Self::MissingFrame { .. }
             | Self::Spec(_)

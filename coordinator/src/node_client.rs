@@ -69,7 +69,9 @@ impl NodeClient {
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_keepalive(Some(Duration::from_secs(30)));
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below hyper servers' 30 s idle (header read) timeout, so the pool does not hand
+            // out a connection the daemon is about to close.
+            .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(256)
             .build(connector);
         Self { http }

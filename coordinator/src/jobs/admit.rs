@@ -3,7 +3,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::debug;
 
 use super::inputs::pump_submission;
 use super::plan::{self, Placement};
@@ -42,7 +42,7 @@ pub async fn submit(state: &State, submission: Submission) -> Result<http::Respo
     };
     let (handle, inputs) = JobHandle::new(&spec, created_at_ms);
     state.jobs.insert(handle.clone())?;
-    info!(
+    debug!(
         job = %spec.job_id,
         func_cpu = spec.func_cpu,
         func_ram_gb = spec.func_ram_gb,

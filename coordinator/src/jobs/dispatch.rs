@@ -3,8 +3,9 @@
 //! recorded in flight with its payload, and INPUTS_END goes out once nothing is left to send.
 
 use agent_proto::batch::encode_items;
-use agent_proto::{Frame, FrameKind, Item, ItemBatch};
+use agent_proto::{Frame, FrameKind, Item};
 
+use super::batch_view::BatchView;
 use super::inflight::Slot;
 use super::run::{JobRun, Outcome};
 use super::ClientInput;
@@ -68,23 +69,23 @@ impl JobRun {
 
     /// Sends a client batch to the roomiest stream, splitting it only if it does not fit there
     /// and other streams have room.
-    fn dispatch(&mut self, frame: Frame, batch: ItemBatch) -> Result<(), Outcome> {
+    fn dispatch(&mut self, frame: Frame, batch: BatchView) -> Result<(), Outcome> {
         if batch.is_empty() {
             return Ok(());
         }
         let Some(best) = self.roomiest() else {
             // Only reached with inputs that came with the submission before any credit check,
             // or after every stream was lost: hold them for the next stream.
-            self.pending.extend(batch.items);
+            self.pending.extend(batch.items());
             return self.flush_pending();
         };
         let takers = self.streams.iter().filter(|s| s.credit() > 0).count();
         if self.streams[best].credit() >= batch.len() || takers == 1 {
-            self.record(best, &batch.items)?;
+            self.record(best, &batch)?;
             self.streams[best].send(frame);
             return Ok(());
         }
-        let mut items = batch.items;
+        let mut items: Vec<Item> = batch.items().collect();
         while !items.is_empty() {
             let Some(slot) = self.roomiest() else {
                 // Every stream is full: the rest overshoots onto the first choice.
@@ -100,19 +101,21 @@ impl JobRun {
         Ok(())
     }
 
-    /// Records `items` as in flight on `slot`.
-    fn record(&mut self, slot: Slot, items: &[Item]) -> Result<(), Outcome> {
+    /// Records the batch's inputs as in flight on `slot` (their payloads stay in its body).
+    fn record(&mut self, slot: Slot, batch: &BatchView) -> Result<(), Outcome> {
+        let frame = self.inflight.hold_frame(batch.body().clone());
         let mut bytes = 0;
-        for item in items {
-            bytes += item.payload.len();
-            if let Err(duplicate) = self.inflight.insert(item.index, slot, item.payload.clone()) {
+        for (index, offset, len) in batch.iter() {
+            bytes += len;
+            if let Err(duplicate) = self.inflight.insert(index, slot, frame, offset, len) {
+                self.inflight.release_frame(frame);
                 return Err(Outcome::failed(format!(
                     "input index {} was sent twice while the first was still running; every input needs its own index",
                     duplicate.0
                 )));
             }
         }
-        self.streams[slot].hold(items.len(), bytes);
+        self.streams[slot].hold(batch.len(), bytes);
         Ok(())
     }
 
@@ -121,8 +124,14 @@ impl JobRun {
         if items.is_empty() {
             return Ok(());
         }
-        self.record(slot, &items)?;
-        self.streams[slot].send(Frame::new(FrameKind::Inputs, encode_items(&items)));
+        let frame = Frame::new(FrameKind::Inputs, encode_items(&items));
+        let batch = BatchView::from_frame(&frame).map_err(|err| {
+            Outcome::failed(format!(
+                "internal error: a re-encoded batch is invalid: {err}"
+            ))
+        })?;
+        self.record(slot, &batch)?;
+        self.streams[slot].send(frame);
         Ok(())
     }
 

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use agent_proto::{Frame, FrameKind, JobEnd, JobState};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::run::{JobRun, Outcome};
 use super::streams::StreamState;
 use crate::error::Error;
+use crate::node_client::NodeCallError;
 
 /// How long END may wait for a slow client.
 const END_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,11 +56,14 @@ impl JobRun {
             }
         }
         self.client.disconnect();
+        // Let the connection write END before the bookkeeping below runs on this thread.
+        tokio::task::yield_now().await;
         cancels.join_all().await;
         let record = self.handle.record();
         info!(
             job = %job_id,
             state = %outcome.state,
+            nodes = self.streams.len(),
             inputs = record.inputs,
             done = record.done,
             failed = record.failed,
@@ -88,9 +93,16 @@ impl JobRun {
                 stream.node_id.clone(),
             );
             let job_id = self.spec.job_id.clone();
+            let registry = self.state.registry.clone();
             cancels.spawn(async move {
-                if let Err(err) = client.cancel_job(&address, &node_job_id, timeout).await {
-                    warn!(job = %job_id, node = %node, cause = %err, "cancel on node failed");
+                match client.cancel_job(&address, &node_job_id, timeout).await {
+                    Ok(()) => {}
+                    Err(NodeCallError::Connection(reason)) => {
+                        registry.connection_failed(&node, &reason, Instant::now());
+                    }
+                    Err(err) => {
+                        warn!(job = %job_id, node = %node, cause = %err, "cancel on node failed");
+                    }
                 }
             });
         }

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use agent_proto::{Frame, FrameError, FrameKind, ItemBatch};
+use agent_proto::{Frame, FrameError, FrameKind};
 use tracing::debug;
 
+use super::batch_view::BatchView;
 use super::JobHandle;
 use crate::api::frames_in::ReadError;
 use crate::api::request::ClientFrames;
@@ -19,8 +20,8 @@ pub enum ClientInput {
     Batch {
         /// The frame as received.
         frame: Frame,
-        /// Its items (zero-copy slices of the frame).
-        batch: ItemBatch,
+        /// Its items, checked.
+        batch: BatchView,
     },
     /// INPUTS_END: no more inputs.
     End,
@@ -35,7 +36,7 @@ impl ClientInput {
     pub fn from_frame(frame: Frame) -> Result<Self, FrameError> {
         match frame.kind {
             FrameKind::Inputs => {
-                let batch = ItemBatch::from_frame(&frame)?;
+                let batch = BatchView::from_frame(&frame)?;
                 Ok(Self::Batch { frame, batch })
             }
             FrameKind::InputsEnd => Ok(Self::End),

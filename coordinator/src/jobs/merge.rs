@@ -4,11 +4,12 @@
 
 use agent_proto::batch::encode_items;
 use agent_proto::{
-    Failure, FailureInfo, FailureKind, Frame, FrameKind, ItemBatch, JobEnd, JobProgress, JobState,
-    Output, NO_INDEX,
+    Failure, FailureInfo, FailureKind, Frame, FrameKind, JobEnd, JobProgress, JobState, Output,
+    NO_INDEX,
 };
 use tracing::{debug, warn};
 
+use super::batch_view::BatchView;
 use super::inflight::Slot;
 use super::node_stream::{NodeEvent, NodeEventKind};
 use super::run::{JobRun, Outcome};
@@ -70,15 +71,15 @@ impl JobRun {
     }
 
     async fn on_results(&mut self, slot: Slot, frame: Frame) -> Result<(), Outcome> {
-        let batch = match ItemBatch::from_frame(&frame) {
+        let batch = match BatchView::from_frame(&frame) {
             Ok(batch) => batch,
             Err(err) => return self.stream_broken(slot, &err.to_string(), Loss::Protocol),
         };
         // `keep` stays None while every item counts, so the common case forwards the frame as is.
         let mut keep: Option<Vec<bool>> = None;
         let mut accepted = 0u64;
-        for (i, item) in batch.items.iter().enumerate() {
-            match self.inflight.complete(item.index, slot) {
+        for (i, (index, _, _)) in batch.iter().enumerate() {
+            match self.inflight.complete(index, slot) {
                 Some(bytes) => {
                     self.streams[slot].release(bytes);
                     accepted += 1;
@@ -101,8 +102,7 @@ impl JobRun {
             None => frame,
             Some(keep) => {
                 let items: Vec<_> = batch
-                    .items
-                    .into_iter()
+                    .items()
                     .zip(keep)
                     .filter_map(|(item, kept)| kept.then_some(item))
                     .collect();

@@ -8,6 +8,7 @@
 //! ```
 
 mod admit;
+pub mod batch_view;
 mod dispatch;
 mod finish;
 mod handle;

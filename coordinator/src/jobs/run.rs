@@ -177,6 +177,7 @@ impl JobRun {
 
     /// Runs the job to its end: opens the placed streams, sends the inputs that came with the
     /// submission, then reacts until the job completes, fails or is cancelled.
+    #[tracing::instrument(name = "job", skip_all, fields(job = %self.spec.job_id))]
     pub async fn run(mut self, placements: Vec<Placement>, initial: Vec<ClientInput>) {
         for placement in &placements {
             self.open_stream(&placement.node_id, &placement.address, placement.share);
@@ -197,11 +198,12 @@ impl JobRun {
 
     /// The job's reaction loop.
     async fn drive(&mut self) -> Outcome {
-        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        // The first STATUS comes after one period: a short job needs none.
+        let mut status_tick = tokio::time::interval_at(Instant::now() + STATUS_EVERY, STATUS_EVERY);
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             // Credit came back: held (re-dispatched) inputs go before new client inputs.
-            if false && !self.pending.is_empty() && self.has_credit() {
+            if !self.pending.is_empty() && self.has_credit() {
                 if let Err(outcome) = self.flush_pending() {
                     return outcome;
                 }

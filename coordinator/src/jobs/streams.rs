@@ -3,7 +3,7 @@
 
 use agent_proto::{Frame, FrameKind, JobProgress};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::inflight::Slot;
 use super::node_stream::{self, StreamIo};
@@ -166,7 +166,7 @@ impl JobRun {
         );
         let per_instance = self.state.config.window_items_per_instance;
         let share_usize = usize::try_from(share).unwrap_or(usize::MAX);
-        info!(job = %self.spec.job_id, node = %node_id, node_job = %node_job_id, share, "job placed on node");
+        debug!(job = %self.spec.job_id, node = %node_id, node_job = %node_job_id, share, "job placed on node");
         self.streams.push(NodeStream {
             node_id: node_id.to_owned(),
             address: address.to_owned(),

@@ -1,6 +1,10 @@
 //! Harness of the cross-component tests in `tests/`: the real `fleetmap-coordinator` and
 //! `fleetmapd` binaries as processes on loopback, an HTTP client that streams frames both ways,
 //! and payloads pickled (and results checked) by real Python with cloudpickle.
+//!
+//! The binaries are taken from the `target/debug` the tests were built in (or
+//! `FLEETMAP_BIN_DIR`); Cargo does not build another package's binaries for a test, so build
+//! them first: `cargo build --workspace --bins` (as `scripts/test` does).
 
 pub mod http;
 pub mod procs;
