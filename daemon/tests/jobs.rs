@@ -217,6 +217,10 @@ async fn a_slow_input_times_out_and_the_rest_complete() {
     assert_eq!(out.failures[0].info.kind, FailureKind::Timeout);
     assert!(out.failures[0].info.message.contains("timeout=0.5 s"));
     assert_eq!(out.results.len(), 9);
+    assert!(
+        out.statuses >= 1,
+        "a job of over 200 ms sends STATUS frames"
+    );
     daemon.stop().await;
 }
 
@@ -388,5 +392,165 @@ async fn instances_see_their_cpuset_and_memory_limit() {
         "{cgroup}"
     );
     assert_eq!(seen["memory_limit"], "1073741824");
+    assert_eq!(
+        seen["nice"], 0,
+        "idle workers are niced, working ones are not"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_queue_applies_backpressure_and_loses_nothing() {
+    require!(python);
+    let daemon = TestDaemon::start_with("backpressure", CgroupMode::Auto, |config| {
+        config.limits.queue_items = 50;
+        config.limits.queue_bytes = 4096;
+    })
+    .await;
+    let out = run_job(
+        daemon.addr,
+        &spec("backpressure"),
+        &function("double", None),
+        0..5000,
+    )
+    .await;
+    assert_eq!(out.end().state, JobState::Completed);
+    assert_eq!(out.results.len(), 5000);
+    assert!((0..5000).all(|i| out.int(i) == Some(2 * i as i64)));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_job_gets_fresh_workers_and_jobs_share_the_node() {
+    require!(python);
+    let daemon = TestDaemon::start("fresh", CgroupMode::Auto).await;
+    let getpid = function("getpid", None);
+    let mut first = spec("fresh-1");
+    first.parallelism = 1;
+    let mut second = spec("fresh-2");
+    second.parallelism = 1;
+    let (a, b) = tokio::join!(
+        run_job(daemon.addr, &first, &getpid, 0..500),
+        run_job(daemon.addr, &second, &getpid, 0..500),
+    );
+    let c = run_job(daemon.addr, &spec("fresh-3"), &getpid, 0..500).await;
+    let pids = |out: &support::Collected| -> std::collections::BTreeSet<i64> {
+        assert_eq!(out.end().state, JobState::Completed);
+        assert_eq!(out.results.len(), 500);
+        (0..500).filter_map(|i| out.int(i)).collect()
+    };
+    let (a, b, c) = (pids(&a), pids(&b), pids(&c));
+    assert!(
+        a.is_disjoint(&b) && a.is_disjoint(&c) && b.is_disjoint(&c),
+        "{a:?} {b:?} {c:?}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_detached_job_outlives_its_client() {
+    require!(python);
+    let daemon = TestDaemon::start("detach", CgroupMode::Auto).await;
+    let mut job = spec("detach");
+    job.detach = true;
+    job.parallelism = 1;
+    let response = request(
+        daemon.addr,
+        Method::POST,
+        "/v1/jobs",
+        submission(&job, &function("sleep_then_double", None), 0..3),
+    )
+    .await
+    .expect("submit");
+    drop(response);
+    let started = Instant::now();
+    loop {
+        let status = support::get_json(daemon.addr, "/v1/jobs/detach").await;
+        if status["state"] == "completed" {
+            assert_eq!(status["done"], 3);
+            break;
+        }
+        assert!(
+            status["state"] == "running" || status["state"] == "starting",
+            "{status}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+}
+
+/// The zygote of a daemon started by this test process (its parent is this process).
+fn zygote_pid(daemon: &TestDaemon) -> Option<u32> {
+    let worker_file = std::fs::canonicalize(daemon.state.path())
+        .ok()?
+        .join("worker/fleetmap_worker.py");
+    let needle = worker_file.as_os_str().as_encoded_bytes().to_vec();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            if !cmdline.split(|b| *b == 0).any(|a| a == needle.as_slice()) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == std::process::id()).then_some(pid)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_zygote_is_restarted() {
+    require!(python);
+    let daemon = TestDaemon::start("zygote", CgroupMode::Auto).await;
+    let old = zygote_pid(&daemon).expect("zygote");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let started = Instant::now();
+    loop {
+        if zygote_pid(&daemon).is_some_and(|pid| pid != old) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no new zygote");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Enough jobs to need workers forked by the new zygote.
+    for n in 0..4 {
+        let out = run_job(
+            daemon.addr,
+            &spec(&format!("after-{n}")),
+            &function("double", None),
+            0..10,
+        )
+        .await;
+        assert_eq!(out.end().state, JobState::Completed);
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_cgroups_off_instances_are_still_pinned() {
+    require!(python);
+    let daemon = TestDaemon::start("cg-off", CgroupMode::Off).await;
+    let node = support::get_json(daemon.addr, "/v1/node").await;
+    assert_eq!(node["cgroup"], "none");
+    let mut job = spec("cg-off");
+    job.expected_inputs = Some(1);
+    let out = run_job(daemon.addr, &job, &function("limits", None), 0..1).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.failures);
+    let seen = support::unpickle_str(&out.results[&0]).expect("a str");
+    let seen: serde_json::Value = serde_json::from_str(&seen).expect("json");
+    assert_eq!(seen["affinity"].as_array().map(Vec::len), Some(1), "{seen}");
     daemon.stop().await;
 }

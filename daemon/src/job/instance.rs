@@ -218,6 +218,10 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
         Ok(Some(ready)) => {
             debug!(pid, affinity = ?ready.affinity, cgroup = %ready.cgroup.trim(), "worker ready");
             job.instance_ready();
+            // The pipelined chunk starts now, not when the function started loading.
+            if let Some(first) = in_flight.front_mut() {
+                first.sent = Instant::now();
+            }
         }
         Ok(None) => return Outcome::Stopped { exit: Some(w.exit) },
         Err(Stop::Died) => return w.died(in_flight, None, false).await,
@@ -361,7 +365,7 @@ impl WorkerCtx<'_> {
                         return self.died(in_flight, None, true).await;
                     }
                 }
-                chunk = job.queue().next_chunk(sizer.next_size()), if in_flight.len() < sizer.in_flight_limit() => {
+                chunk = job.queue().next_chunk(sizer.next_size()), if in_flight.len() < sizer.in_flight_limit(job.has_spare_work()) => {
                     let Some(chunk) = chunk else { continue };
                     let chunk = Arc::new(chunk);
                     in_flight.push_back(InFlight::new(chunk.clone()));

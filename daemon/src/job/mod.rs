@@ -282,6 +282,13 @@ impl Job {
         cap.min(self.0.queue.len() as u64 + self.0.queue.running())
     }
 
+    /// Whether more inputs are queued than the job has instances (so one instance taking a
+    /// second chunk leaves every other one something to do).
+    pub fn has_spare_work(&self) -> bool {
+        let instances = self.counters().instances;
+        self.0.queue.len() as u64 > instances
+    }
+
     /// How many times input `index` has run (1 unless retried).
     pub fn attempts(&self, index: u64) -> u32 {
         self.counters().attempts.get(&index).copied().unwrap_or(1)

@@ -64,11 +64,6 @@ impl InputQueue {
         self.len() == 0
     }
 
-    /// Bytes waiting.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
-
     /// Items taken by workers and not yet answered.
     pub fn running(&self) -> u64 {
         self.lock().running
@@ -216,7 +211,6 @@ mod tests {
     async fn push_waits_for_room_by_bytes() {
         let queue = Arc::new(InputQueue::new(1000, 1000));
         queue.push(segment(0, 2, 400)).await.expect("open");
-        assert_eq!(queue.bytes(), 2 * 412);
         let pusher = {
             let queue = queue.clone();
             tokio::spawn(async move { queue.push(segment(2, 1, 400)).await })

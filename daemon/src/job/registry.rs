@@ -49,19 +49,7 @@ impl Registry {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fails if the id is taken or the daemon is full.
-    pub fn check(&self, job_id: &str) -> Result<(), RegistryError> {
-        let state = self.lock();
-        if state.live.contains_key(job_id) || state.ended.contains_key(job_id) {
-            return Err(RegistryError::Duplicate(job_id.to_string()));
-        }
-        if state.live.len() >= self.max_live {
-            return Err(RegistryError::TooMany(self.max_live));
-        }
-        Ok(())
-    }
-
-    /// Registers a live job (checking again, atomically).
+    /// Registers a live job unless its id is taken or the daemon is full.
     pub fn insert(&self, job: Job) -> Result<(), RegistryError> {
         let mut state = self.lock();
         let id = job.id().to_string();
@@ -154,7 +142,7 @@ mod tests {
             Err(RegistryError::Duplicate("a".into()))
         );
         registry.insert(job("b")).expect("second");
-        assert_eq!(registry.check("c"), Err(RegistryError::TooMany(2)));
+        assert_eq!(registry.insert(job("c")), Err(RegistryError::TooMany(2)));
         let a = registry.get("a").expect("live");
         a.finish(JobState::Completed, None);
         registry.ended(&a);
@@ -164,7 +152,7 @@ mod tests {
             Some(JobState::Completed)
         );
         assert_eq!(
-            registry.check("a"),
+            registry.insert(job("a")),
             Err(RegistryError::Duplicate("a".into()))
         );
         let b = registry.get("b").expect("live");

@@ -35,11 +35,12 @@ impl ChunkSizer {
     }
 
     /// Chunks to keep in flight (at most 2, §4.6). A second chunk hides the round trip
-    /// between chunks, which only matters for fast items; for items of 2 ms or more (and
-    /// before anything was timed) it would only hold back work another worker could start,
-    /// e.g. the second of two slow inputs queued behind the first.
-    pub fn in_flight_limit(&self) -> usize {
-        if self.next_size() > 1 {
+    /// between chunks. For slow items (2 ms or more, or not timed yet) it could hold back work
+    /// another worker would start at once (the second of two slow inputs queued behind the
+    /// first), so it is only taken then when `spare_work`: more is queued than there are
+    /// instances to take it.
+    pub fn in_flight_limit(&self, spare_work: bool) -> usize {
+        if spare_work || self.next_size() > 1 {
             2
         } else {
             1
@@ -86,15 +87,16 @@ mod tests {
     }
 
     #[test]
-    fn only_fast_items_are_pipelined() {
+    fn slow_items_are_pipelined_only_with_spare_work() {
         let mut sizer = ChunkSizer::new();
-        assert_eq!(sizer.in_flight_limit(), 1, "untimed");
+        assert_eq!(sizer.in_flight_limit(false), 1, "untimed");
+        assert_eq!(sizer.in_flight_limit(true), 2, "untimed, plenty queued");
         let t0 = Instant::now();
         sizer.observe(1, t0, t0 + Duration::from_millis(5));
-        assert_eq!(sizer.in_flight_limit(), 1, "slow items");
+        assert_eq!(sizer.in_flight_limit(false), 1, "slow items");
         let mut fast = ChunkSizer::new();
         fast.observe(10, t0, t0 + Duration::from_micros(50));
-        assert_eq!(fast.in_flight_limit(), 2);
+        assert_eq!(fast.in_flight_limit(false), 2);
     }
 
     #[test]

@@ -41,11 +41,6 @@ impl WorkerConn {
         }
     }
 
-    /// The connected socket (for peer credentials).
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-
     /// Reads the next frame; `Ok(None)` at a clean end of stream.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
         let mut buf = vec![0u8; 4096];

@@ -41,6 +41,15 @@ def sleep_on_2(x):
     return x * 2
 
 
+def getpid(x):
+    return os.getpid()
+
+
+def sleep_then_double(x):
+    time.sleep(0.3)
+    return x * 2
+
+
 def printer(x):
     print("hello from", x)
     return x
@@ -59,7 +68,7 @@ def limits(x):
             except OSError:
                 pass
     return json.dumps({"affinity": sorted(os.sched_getaffinity(0)), "cgroup": cgroup,
-                       "memory_limit": memory})
+                       "memory_limit": memory, "nice": os.nice(0)})
 
 
 def make(name, arg):

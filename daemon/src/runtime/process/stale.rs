@@ -47,13 +47,26 @@ pub fn kill_workers_of(proc_root: &Path, worker_file: &Path) -> usize {
 mod tests {
     use super::*;
 
+    /// A process with `arg` in its command line, once it has exec'd.
     fn sleeper(arg: &Path) -> std::process::Child {
-        std::process::Command::new("python3")
+        let mut child = std::process::Command::new("python3")
             .arg("-c")
             .arg("import time; time.sleep(1000)")
             .arg(arg)
             .spawn()
-            .expect("python3")
+            .expect("python3");
+        let needle = arg.as_os_str().as_encoded_bytes();
+        for _ in 0..500 {
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|a| a == needle) {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("python3 did not start");
     }
 
     #[test]
