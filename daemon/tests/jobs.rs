@@ -378,7 +378,9 @@ async fn instances_see_their_cpuset_and_memory_limit() {
     let seen: serde_json::Value = serde_json::from_str(&seen).expect("json");
     assert_eq!(seen["affinity"].as_array().map(Vec::len), Some(1), "{seen}");
     let cgroup = seen["cgroup"].as_str().expect("cgroup");
-    let slot_line = format!("{}/slot-", daemon.cgroup_parent);
+    // The worker was settled in a home cgroup of its own while idle, and the job re-limited
+    // that cgroup instead of moving the process (a move can cost an RCU grace period).
+    let slot_line = format!("{}/slot-w{}", daemon.cgroup_parent, seen["pid"]);
     assert!(
         cgroup
             .lines()

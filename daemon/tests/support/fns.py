@@ -68,7 +68,22 @@ def limits(x):
             except OSError:
                 pass
     return json.dumps({"affinity": sorted(os.sched_getaffinity(0)), "cgroup": cgroup,
-                       "memory_limit": memory, "nice": os.nice(0)})
+                       "memory_limit": memory, "nice": os.nice(0), "pid": os.getpid()})
+
+
+def container_limits(x):
+    """Limits as seen from inside a container (its cgroups are mounted at the root)."""
+    def read(path):
+        try:
+            with open(path) as handle:
+                return handle.read().strip()
+        except OSError:
+            return ""
+    return json.dumps({"affinity": sorted(os.sched_getaffinity(0)),
+                       "cpuset": read("/sys/fs/cgroup/cpuset/cpuset.cpus"),
+                       "memory_limit": read("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+                       "memsw_limit": read("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"),
+                       "pid": os.getpid(), "uid": os.getuid()})
 
 
 def make(name, arg):

@@ -1,17 +1,25 @@
-//! The `process` runtime: workers are processes forked from a warm zygote, kept idle in the
-//! pool cgroup, and moved into a slot's cgroup (cpuset + memory limit) when a job takes them.
+//! The `process` runtime: workers are processes forked from a warm zygote, each moved into a
+//! cgroup of its own while it idles in the pool, and limited to a slot's cpuset and memory
+//! when a job takes it.
+//!
+//! Why a home cgroup per idle worker: moving a process between cgroups (`cgroup.procs`) takes
+//! the kernel's threadgroup rwsem for writing, which waits for an RCU grace period once the
+//! lock has been idle a while: 5–13 ms measured on a v1 host, on the path of every job that
+//! follows a pause. Rewriting an existing cgroup's `cpuset.cpus` and memory limit costs
+//! microseconds. So the move happens when the worker joins the pool, and a job only re-limits.
 //!
 //! Layout under the state dir: `worker/fleetmap_worker.py` (embedded in the binary, written at
 //! start) and `worker.sock` (workers connect here and say HELLO; the pid they claim is checked
 //! against the socket's peer credentials).
 
 mod exits;
-mod pool;
+pub(crate) mod pool;
 mod priority;
 mod spares;
 pub mod stale;
 mod zygote;
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +73,9 @@ pub struct ProcessOptions {
     pub worker_file: PathBuf,
     /// The socket workers connect to (`<state>/worker.sock`).
     pub socket_path: PathBuf,
+    /// Limits of an idle worker's home cgroup (the whole node); `None` leaves idle workers in
+    /// the pool cgroup and moves them at job time.
+    pub home_limits: Option<SlotLimits>,
 }
 
 impl ProcessOptions {
@@ -79,6 +90,7 @@ impl ProcessOptions {
             pool_target,
             max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
             startup_timeout: Duration::from_secs(60),
+            home_limits: None,
         }
     }
 }
@@ -91,6 +103,9 @@ pub(crate) struct Inner {
     pool: Pool,
     exits: Exits,
     spares: Spares,
+    /// Home cgroup of each idle worker that has one, by pid. A std `Mutex`: map operations
+    /// only, never held across an await or a cgroup write.
+    homes: Mutex<HashMap<u32, String>>,
     /// Whether the zygote runs niced (idle workers must be raised back when taken).
     niced: AtomicBool,
     /// Python version the zygote reported. A std `Mutex`: read or replaced, never awaited on.
@@ -102,6 +117,47 @@ pub(crate) struct Inner {
 impl Inner {
     fn set_python(&self, version: String) {
         *self.python.lock().unwrap_or_else(|e| e.into_inner()) = version;
+    }
+
+    fn take_home(&self, pid: u32) -> Option<String> {
+        self.homes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid)
+    }
+
+    /// Moves a worker that just said HELLO into a home cgroup of its own (blocking: cgroup
+    /// writes); on failure it stays in the pool cgroup and is moved at job time instead.
+    fn settle_home(&self, pid: u32, limits: &SlotLimits) {
+        let name = format!("w{pid}");
+        let placed = self
+            .cgroups
+            .create_slot(&name, limits)
+            .and_then(|()| self.cgroups.move_into_slot(&name, pid));
+        match placed {
+            Ok(()) => {
+                self.homes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(pid, name);
+            }
+            Err(err) => {
+                warn!(pid, cause = %err, "cannot give an idle worker its own cgroup");
+                let _ = self.cgroups.remove_slot(&name);
+            }
+        }
+    }
+
+    /// Removes the home cgroup of a worker that died while idle.
+    fn drop_home(self: &Arc<Self>, pid: u32) {
+        if let Some(name) = self.take_home(pid) {
+            let inner = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = inner.cgroups.remove_slot(&name) {
+                    debug!(pid, cause = %err, "cannot remove a dead idle worker's cgroup");
+                }
+            });
+        }
     }
 }
 
@@ -144,6 +200,7 @@ impl ProcessRuntime {
             cgroups,
             exits: Exits::default(),
             spares: Spares::default(),
+            homes: Mutex::new(HashMap::new()),
             niced: AtomicBool::new(false),
             python: Mutex::new(String::new()),
             shutdown: CancellationToken::new(),
@@ -218,7 +275,9 @@ impl ProcessRuntime {
         }
         let killed = stale::kill_workers_of(&inner.opts.proc_root, &inner.opts.worker_file);
         let cgroups = inner.cgroups.clone();
-        match tokio::task::spawn_blocking(move || cgroups.cleanup_stale()).await {
+        // On a graceful stop the daemon's parent cgroup goes too, so test and restart cycles
+        // leave nothing behind on the host.
+        match tokio::task::spawn_blocking(move || cgroups.remove_all()).await {
             Ok(Ok(report)) => debug!(?report, killed, "worker cgroups removed"),
             Ok(Err(err)) => warn!(cause = %err, "cannot remove worker cgroups"),
             Err(err) => warn!(cause = %err, "cgroup cleanup task failed"),
@@ -229,8 +288,9 @@ impl ProcessRuntime {
 }
 
 impl ProcessRuntime {
-    /// Puts `pid` into the slot's cgroup: a ready spare of the slot's shape if there is one,
-    /// else a cgroup created now; then prepares a spare of this shape for the next slot.
+    /// Puts `pid` into the slot's limits: its home cgroup re-limited when it has one (no
+    /// process move), else a ready spare of the slot's shape, else a cgroup created now (and a
+    /// spare of this shape prepared for the next slot).
     fn place(
         &self,
         slot: &fleetmap_sandbox::Slot,
@@ -238,6 +298,19 @@ impl ProcessRuntime {
         pid: u32,
     ) -> Result<(), fleetmap_sandbox::SandboxError> {
         let inner = &self.inner;
+        if let Some(home) = inner.take_home(pid) {
+            match inner.cgroups.create_slot(&home, limits) {
+                Ok(()) => {
+                    inner.spares.bind(&slot.id, home);
+                    return Ok(());
+                }
+                Err(err) => {
+                    warn!(pid, cause = %err, "cannot re-limit a worker's home cgroup; moving it");
+                    let inner = inner.clone();
+                    tokio::task::spawn_blocking(move || inner.cgroups.remove_slot(&home));
+                }
+            }
+        }
         let name = match inner.spares.take(&slot.id, limits) {
             Some(name) => name,
             None => {
@@ -310,6 +383,15 @@ async fn accept(inner: Arc<Inner>, listener: UnixListener) {
             let _permit = permit;
             match tokio::time::timeout(HELLO_TIMEOUT, hello(&inner, stream)).await {
                 Ok(Ok(worker)) => {
+                    // Without cgroups there is no move to save: affinity is set at job time.
+                    let homes = inner.cgroups.flavor() != CgroupFlavor::None;
+                    if let Some(limits) = inner.opts.home_limits.clone().filter(|_| homes) {
+                        let settling = inner.clone();
+                        let pid = worker.pid;
+                        let _ =
+                            tokio::task::spawn_blocking(move || settling.settle_home(pid, &limits))
+                                .await;
+                    }
                     debug!(pid = worker.pid, "worker joined the pool");
                     if let Err(worker) = inner.pool.push(worker) {
                         sigkill(worker.pid);
@@ -398,6 +480,7 @@ impl Runtime for ProcessRuntime {
                     .take(|dead| {
                         sigkill(dead.pid);
                         inner.exits.forget(dead.pid, &dead.exit);
+                        inner.drop_home(dead.pid);
                     })
                     .await?;
                 if inner.niced.load(Ordering::Relaxed) {

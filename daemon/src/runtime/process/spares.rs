@@ -56,6 +56,11 @@ impl Spares {
         Some(name)
     }
 
+    /// Records that `slot_id` uses the cgroup `name` (a worker's home cgroup).
+    pub fn bind(&self, slot_id: &str, name: String) {
+        self.lock().names.insert(slot_id.to_string(), name);
+    }
+
     /// The cgroup name of `slot_id`.
     pub fn name(&self, slot_id: &str) -> String {
         self.lock()
