@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::JobState;
-use fleetmap_sandbox::{detect, Inventory, SlotCgroups};
+use fleetmap_sandbox::{detect, Inventory, SlotCgroups, SlotLimits};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -80,6 +80,10 @@ pub async fn run(
     );
     opts.max_frame_bytes = config.limits.max_frame_bytes;
     opts.startup_timeout = config.limits.startup_timeout;
+    opts.home_limits = Some(SlotLimits {
+        cpus: inventory.cpus.clone(),
+        ram_bytes: inventory.ram_bytes,
+    });
     let process = ProcessRuntime::start(opts, cgroups).await?;
     if !process.wait_pool_full(POOL_FILL_WAIT).await {
         warn!(
