@@ -17,7 +17,7 @@ pub mod node;
 pub mod output;
 pub mod worker;
 
-pub use batch::{BatchError, Item, ItemBatch};
+pub use batch::{BatchError, BatchView, Item, ItemBatch};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use failure::{Failure, FailureInfo, FailureKind};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, DEFAULT_MAX_FRAME_BYTES};

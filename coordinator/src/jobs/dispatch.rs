@@ -5,10 +5,10 @@
 use agent_proto::batch::encode_items;
 use agent_proto::{Frame, FrameKind, Item};
 
-use super::batch_view::BatchView;
 use super::inflight::Slot;
 use super::run::{JobRun, Outcome};
 use super::ClientInput;
+use agent_proto::BatchView;
 
 /// Most re-dispatched inputs per INPUTS frame.
 const REDISPATCH_BATCH: usize = 1024;

@@ -227,7 +227,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::batch_view::BatchView;
+    use agent_proto::BatchView;
     use agent_proto::ItemBatch;
 
     /// Holds a batch of `(index, payload)` on `slot` like the job task does.

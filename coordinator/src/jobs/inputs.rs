@@ -7,11 +7,11 @@ use std::sync::Arc;
 use agent_proto::{Frame, FrameError, FrameKind};
 use tracing::debug;
 
-use super::batch_view::BatchView;
 use super::JobHandle;
 use crate::api::frames_in::ReadError;
 use crate::api::request::ClientFrames;
 use crate::error::Error;
+use agent_proto::BatchView;
 
 /// One step of a client's input stream.
 #[derive(Debug)]

@@ -9,11 +9,11 @@ use agent_proto::{
 };
 use tracing::{debug, warn};
 
-use super::batch_view::BatchView;
 use super::inflight::Slot;
 use super::node_stream::{NodeEvent, NodeEventKind};
 use super::run::{JobRun, Outcome};
 use super::streams::{Loss, StreamState};
+use agent_proto::BatchView;
 
 impl JobRun {
     /// Applies one event of a node stream.

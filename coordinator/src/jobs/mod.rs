@@ -8,7 +8,6 @@
 //! ```
 
 mod admit;
-pub mod batch_view;
 mod dispatch;
 mod finish;
 mod handle;

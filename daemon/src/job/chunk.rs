@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use agent_proto::batch::{encode_items, MAX_ITEMS_PER_BATCH};
+use agent_proto::batch::encode_items;
 use agent_proto::{BatchError, FrameKind, Item};
 use bytes::Bytes;
 
@@ -16,29 +16,7 @@ pub const MAX_PIECES: usize = 4;
 /// Slices of one chunk frame: the 9-byte head, then indices, lengths and payloads per piece.
 pub const MAX_PARTS: usize = 1 + 3 * MAX_PIECES;
 
-/// Checks an item batch body without allocating: returns its item count.
-pub fn validate_batch(body: &[u8]) -> Result<usize, BatchError> {
-    let len = body.len();
-    if len < 4 {
-        return Err(BatchError::TooShort { len, count: 0 });
-    }
-    let count = u32_at(body, 0) as usize;
-    if count > MAX_ITEMS_PER_BATCH {
-        return Err(BatchError::TooManyItems(count));
-    }
-    let tables_end = 4 + count * 12;
-    if len < tables_end {
-        return Err(BatchError::TooShort { len, count });
-    }
-    let declared: u64 = (0..count)
-        .map(|i| u64::from(u32_at(body, 4 + count * 8 + i * 4)))
-        .sum();
-    let present = len - tables_end;
-    if declared != present as u64 {
-        return Err(BatchError::LengthMismatch { declared, present });
-    }
-    Ok(count)
-}
+pub use agent_proto::batch::validate as validate_batch;
 
 fn u32_at(body: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]])
