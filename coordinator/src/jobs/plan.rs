@@ -73,33 +73,51 @@ pub fn python_matches(node_python: &str, client_python: Option<&str>) -> bool {
 
 /// Splits at most `cap` instances over nodes with `(free, capacity)` instances.
 ///
-/// Weights are the free instances; when the whole fleet is busy (nothing free anywhere) they
-/// are the idle capacities, so the job queues behind the running ones instead of failing. Each
-/// node gets at most its weight; when the weights add up to more than `cap`, shares are
-/// proportional with the remainder going to the largest fractions (ties to the bigger node).
+/// Free instances decide first: shares are proportional to them (remainder to the largest
+/// fractions, ties to the bigger node). What `cap` leaves after that is spread over the
+/// capacity the nodes do not offer right now, in proportion to it: a node's share is how many
+/// instances it may run for this job, and a busy node starts them as its running work ends. A
+/// share never exceeds the node's capacity, so a momentarily full fleet (or a stale heartbeat
+/// that still counts a finished job's slots) does not shrink a job's parallelism for its whole
+/// life.
 pub fn split(cap: u64, weights: &[(u64, u64)]) -> Vec<u64> {
-    let use_free = weights.iter().any(|(free, _)| *free > 0);
-    let w: Vec<u64> = weights
-        .iter()
-        .map(|(free, capacity)| if use_free { *free } else { *capacity })
-        .collect();
+    let free: Vec<u64> = weights.iter().map(|(free, _)| *free).collect();
+    let mut shares = proportional(cap, &free);
+    let left = cap.saturating_sub(shares.iter().sum());
+    if left > 0 {
+        let headroom: Vec<u64> = weights
+            .iter()
+            .zip(&shares)
+            .map(|((_, capacity), share)| capacity.saturating_sub(*share))
+            .collect();
+        for (share, extra) in shares.iter_mut().zip(proportional(left, &headroom)) {
+            *share += extra;
+        }
+    }
+    shares
+}
+
+/// Shares of `cap` proportional to `w`, each at most its weight: `w` itself when it adds up to
+/// no more than `cap`, else floors with the remainder to the largest fractions (ties to the
+/// bigger weight, then the first).
+fn proportional(cap: u64, w: &[u64]) -> Vec<u64> {
     let total: u64 = w.iter().sum();
     if total <= cap {
-        return w;
+        return w.to_vec();
     }
-    let (cap, total128) = (u128::from(cap), u128::from(total));
+    let (cap128, total128) = (u128::from(cap), u128::from(total));
     let mut shares: Vec<u64> = w
         .iter()
-        .map(|wi| (u128::from(*wi) * cap / total128) as u64)
+        .map(|wi| (u128::from(*wi) * cap128 / total128) as u64)
         .collect();
     let assigned: u64 = shares.iter().sum();
     let mut order: Vec<usize> = (0..w.len()).collect();
     order.sort_by(|a, b| {
-        let ra = u128::from(w[*a]) * cap % total128;
-        let rb = u128::from(w[*b]) * cap % total128;
+        let ra = u128::from(w[*a]) * cap128 % total128;
+        let rb = u128::from(w[*b]) * cap128 % total128;
         rb.cmp(&ra).then(w[*b].cmp(&w[*a])).then(a.cmp(b))
     });
-    for i in order.into_iter().take((cap as u64 - assigned) as usize) {
+    for i in order.into_iter().take((cap - assigned) as usize) {
         shares[i] += 1;
     }
     shares
@@ -249,7 +267,11 @@ mod tests {
 
     #[test]
     fn split_is_weighted_by_free_capacity_and_capped() {
-        assert_eq!(split(4000, &[(2, 2), (6, 8)]), vec![2, 6]);
+        assert_eq!(
+            split(4000, &[(2, 2), (6, 8)]),
+            vec![2, 8],
+            "busy capacity still counts: it frees up during the job"
+        );
         assert_eq!(split(4, &[(2, 2), (6, 8)]), vec![1, 3]);
         assert_eq!(split(1, &[(2, 2), (6, 8)]), vec![0, 1]);
         assert_eq!(
@@ -263,8 +285,18 @@ mod tests {
         );
         assert_eq!(
             split(10, &[(0, 2), (3, 3)]),
-            vec![0, 3],
-            "busy nodes get nothing"
+            vec![2, 3],
+            "a busy node takes its share once its running work ends"
+        );
+        assert_eq!(
+            split(4, &[(1, 2), (1, 8)]),
+            vec![1, 3],
+            "free first, then the rest by headroom"
+        );
+        assert_eq!(
+            split(2, &[(1, 2)]),
+            vec![2],
+            "a stale heartbeat that counts one slot busy does not halve the job"
         );
         assert_eq!(
             split(10, &[(0, 2), (0, 4)]),
@@ -365,7 +397,17 @@ mod tests {
             },
         ];
         let placed = place(&s, &nodes).expect("fits");
-        assert_eq!(placed[0].share, 1, "one free H100");
+        assert_eq!(
+            placed[0].share, 2,
+            "both H100s: the busy one is taken when it frees up"
+        );
+        let mut other = nodes[0].clone();
+        other.node_id = "b".into();
+        other.info.node_id = "b".into();
+        other.info.gpus[1].in_use = false;
+        let placed = place(&s, &[nodes[0].clone(), other]).expect("fits");
+        let shares: Vec<_> = placed.iter().map(|p| p.share).collect();
+        assert_eq!(shares, vec![2, 2], "each node up to its H100s");
     }
 
     #[test]
