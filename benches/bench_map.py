@@ -74,6 +74,14 @@ def scenario_warm_latency(calls):
         assert out == [2]
         samples.append(t)
     rows["fleetmap"] = statistics.median(samples) * 1000
+    # The same with a 20 ms pause before each call, as an interactive user makes them: the
+    # node has time to refill its warm pool, and paths that stall after idling show up.
+    samples = []
+    for _ in range(calls // 3):
+        time.sleep(0.02)
+        t, out = timed(lambda: remote_parallel_map(double, [1]))
+        samples.append(t)
+    rows["fleetmap, 20 ms between calls"] = statistics.median(samples) * 1000
     with mp.Pool(WORKERS) as pool:
         pool.map(double, [1])
         samples = [timed(lambda: pool.map(double, [1]))[0] for _ in range(calls)]
@@ -157,7 +165,7 @@ def report(result):
     ours = rows[ours_name]
     for name, value in rows.items():
         line = f"  {name:<45} {value:>14,.3f}"
-        if name != ours_name and value:
+        if not name.startswith("fleetmap") and value:
             ratio = ours / value if result["higher_is_better"] else value / ours
             line += f"   fleetmap is {ratio:.2f}x {'as fast' if ratio >= 1 else 'the speed'}"
         print(line)
