@@ -7,6 +7,8 @@
 //!
 //! One-input jobs are spaced by PAUSE_MS (default 10) so that each finds a warm pool: every
 //! job takes fresh workers, and the zygote forks replacements in the background.
+//! `RUNTIME=docker` runs the same on the `docker` runtime (warm containers of
+//! `fleetmap/base:1`; space one-input jobs by ~1000 ms so replacements are warm again).
 
 use std::time::Instant;
 
@@ -112,6 +114,9 @@ async fn main() {
             .and_then(|p| p.parse().ok())
             .unwrap_or(2),
     );
+    if std::env::var("RUNTIME").as_deref() == Ok("docker") {
+        config.runtime = fleetmapd::RuntimeKind::Docker;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

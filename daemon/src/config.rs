@@ -30,8 +30,25 @@ pub struct Config {
     pub proc_root: PathBuf,
     /// Idle workers kept warm; the number of CPUs (at least 2) if unset.
     pub pool_size: Option<u32>,
+    /// Where instances run.
+    pub runtime: RuntimeKind,
+    /// Image the `docker` runtime starts workers from.
+    pub docker_image: String,
+    /// Network mode of worker containers: `bridge` (own namespace, NAT; functions can reach
+    /// the network) or `none`. Never `host`.
+    pub container_network: String,
     /// Bounds on memory and concurrency.
     pub limits: Limits,
+}
+
+/// Which [`crate::runtime::Runtime`] the daemon uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// Worker processes forked from a zygote into cgroups (no Docker needed).
+    #[default]
+    Process,
+    /// One container per worker on the local Docker engine.
+    Docker,
 }
 
 impl Config {
@@ -53,6 +70,9 @@ impl Config {
             cgroup_mode: CgroupMode::Auto,
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             pool_size: None,
+            runtime: RuntimeKind::Process,
+            docker_image: "fleetmap/base:1".to_string(),
+            container_network: "bridge".to_string(),
             limits: Limits::default(),
         }
     }

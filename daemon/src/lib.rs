@@ -3,8 +3,9 @@
 //!
 //! - [`api`]: routes parsed into typed requests, one error-to-status mapping, frame bodies;
 //! - [`job`]: per-job input queues, chunking, instances, failure classification, result streams;
-//! - [`runtime`]: the narrow `Runtime` trait instances run on, and its `process` implementation
-//!   (a zygote forking warm Python workers into per-slot cgroups);
+//! - [`runtime`]: the narrow `Runtime` trait instances run on, its `process` implementation
+//!   (a zygote forking warm Python workers into per-slot cgroups) and its `docker` one (warm
+//!   worker containers);
 //! - [`capacity`]: CPU/RAM slots from the sandbox crate's allocator;
 //! - [`coordinator`]: registration and heartbeats;
 //! - [`server`]: the accept loop, startup and graceful shutdown.
@@ -22,6 +23,6 @@ pub mod runtime;
 pub mod server;
 pub mod state;
 
-pub use config::{Config, Limits};
+pub use config::{Config, Limits, RuntimeKind};
 pub use error::DaemonError;
 pub use server::run;

@@ -52,6 +52,28 @@ struct Args {
     /// Base URL announced to the coordinator (default: the listening address).
     #[arg(long)]
     advertise: Option<String>,
+    /// Where instances run: forked processes, or one Docker container each.
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Process)]
+    runtime: RuntimeArg,
+    /// Image worker containers start from (`docker` runtime).
+    #[arg(long, default_value = "fleetmap/base:1")]
+    docker_image: String,
+    /// Network of worker containers (`docker` runtime): `bridge` lets functions reach the
+    /// network through NAT, `none` cuts them off; never the host's.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Bridge)]
+    container_network: NetworkArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RuntimeArg {
+    Process,
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NetworkArg {
+    Bridge,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -105,6 +127,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Cgroups::Auto => CgroupMode::Auto,
         Cgroups::Required => CgroupMode::Required,
         Cgroups::Off => CgroupMode::Off,
+    };
+    config.runtime = match args.runtime {
+        RuntimeArg::Process => fleetmapd::RuntimeKind::Process,
+        RuntimeArg::Docker => fleetmapd::RuntimeKind::Docker,
+    };
+    config.docker_image = args.docker_image;
+    config.container_network = match args.container_network {
+        NetworkArg::Bridge => "bridge".to_string(),
+        NetworkArg::None => "none".to_string(),
     };
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

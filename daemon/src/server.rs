@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::capacity::Capacity;
-use crate::config::Config;
+use crate::config::{Config, RuntimeKind};
 use crate::error::DaemonError;
 use crate::job::registry::Registry;
+use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::process::{ProcessOptions, ProcessRuntime};
 use crate::runtime::Runtime;
 use crate::state::{Daemon, Inner};
@@ -72,26 +73,21 @@ pub async fn run(
         Err(err) => warn!(cause = %err, "stale cleanup task failed"),
     }
     let pool_target = config.pool_target(inventory.cpus.len());
-    let mut opts = ProcessOptions::new(
-        config.worker_python.clone(),
-        state_dir.clone(),
-        config.proc_root.clone(),
-        pool_target,
-    );
-    opts.max_frame_bytes = config.limits.max_frame_bytes;
-    opts.startup_timeout = config.limits.startup_timeout;
-    opts.home_limits = Some(SlotLimits {
-        cpus: inventory.cpus.clone(),
-        ram_bytes: inventory.ram_bytes,
-    });
-    let process = ProcessRuntime::start(opts, cgroups).await?;
-    if !process.wait_pool_full(POOL_FILL_WAIT).await {
-        warn!(
-            target = pool_target,
-            "the worker pool is not full yet; serving anyway"
-        );
-    }
-    let runtime: Arc<dyn Runtime> = Arc::new(process);
+    let runtime = match config.runtime {
+        RuntimeKind::Process => {
+            start_process(&config, &state_dir, &inventory, pool_target, cgroups).await?
+        }
+        RuntimeKind::Docker => {
+            start_docker(
+                &config,
+                &state_dir,
+                pool_target,
+                cgroups.flavor(),
+                &inventory.cpus,
+            )
+            .await?
+        }
+    };
 
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
     let base_url = format!("http://{local}");
@@ -175,6 +171,72 @@ pub async fn run(
         let _ = std::fs::remove_file(file);
     }
     Ok(())
+}
+
+/// Starts the `process` runtime (idle workers' home cgroups get the whole `inventory`) and
+/// waits (bounded) for its pool to fill.
+async fn start_process(
+    config: &Config,
+    state_dir: &Path,
+    inventory: &Inventory,
+    pool_target: u32,
+    cgroups: Arc<dyn SlotCgroups>,
+) -> Result<Arc<dyn Runtime>, DaemonError> {
+    let mut opts = ProcessOptions::new(
+        config.worker_python.clone(),
+        state_dir.to_path_buf(),
+        config.proc_root.clone(),
+        pool_target,
+    );
+    opts.max_frame_bytes = config.limits.max_frame_bytes;
+    opts.startup_timeout = config.limits.startup_timeout;
+    opts.home_limits = Some(SlotLimits {
+        cpus: inventory.cpus.clone(),
+        ram_bytes: inventory.ram_bytes,
+    });
+    let process = ProcessRuntime::start(opts, cgroups).await?;
+    if !process.wait_pool_full(POOL_FILL_WAIT).await {
+        warn!(
+            target = pool_target,
+            "the worker pool is not full yet; serving anyway"
+        );
+    }
+    Ok(Arc::new(process))
+}
+
+/// Starts the `docker` runtime and waits (bounded) for its warm containers.
+async fn start_docker(
+    config: &Config,
+    state_dir: &Path,
+    pool_target: u32,
+    flavor: fleetmap_sandbox::CgroupFlavor,
+    all_cpus: &[u32],
+) -> Result<Arc<dyn Runtime>, DaemonError> {
+    // A sibling of the slot cgroups' parent: the stale-slot cleanup below that parent must
+    // not reach into containers the engine manages.
+    let parent = format!(
+        "/{}-containers",
+        config.cgroup_config().parent.trim_matches('/')
+    );
+    let mut opts = DockerOptions::new(
+        config.node_id.clone(),
+        state_dir.to_path_buf(),
+        parent,
+        pool_target,
+    );
+    opts.image = config.docker_image.clone();
+    opts.network = config.container_network.clone();
+    opts.cgroup_root = config.cgroup_root.clone();
+    opts.max_frame_bytes = config.limits.max_frame_bytes;
+    opts.flavor = flavor;
+    let docker = DockerRuntime::start(opts, all_cpus).await?;
+    if !docker.wait_pool_full(POOL_FILL_WAIT).await {
+        warn!(
+            target = pool_target,
+            "the warm container pool is not full yet; serving anyway"
+        );
+    }
+    Ok(Arc::new(docker))
 }
 
 /// The shutdown sequence after the listener is closed.

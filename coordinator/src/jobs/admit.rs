@@ -63,7 +63,10 @@ pub async fn submit(state: &State, submission: Submission) -> Result<http::Respo
         admission_tx,
     );
     state.tasks.spawn(run.run(placements, initial));
-    state.tasks.spawn(pump_submission(handle, rest));
+    // Counted before the client can learn the job is admitted, so an INPUTS_END on its
+    // `/inputs` request waits for the rest of this body.
+    let feeding = handle.feeding();
+    state.tasks.spawn(pump_submission(handle, rest, feeding));
     match admission.await {
         Ok(Ok(())) => Ok(Body::frames_response(client_rx)),
         Ok(Err(err)) => Err(err),

@@ -3,12 +3,11 @@
 //! recorded in flight with its payload, and INPUTS_END goes out once nothing is left to send.
 
 use agent_proto::batch::encode_items;
-use agent_proto::{Frame, FrameKind, Item};
+use agent_proto::{BatchView, Frame, FrameKind, Item};
 
 use super::inflight::Slot;
 use super::run::{JobRun, Outcome};
 use super::ClientInput;
-use agent_proto::BatchView;
 
 /// Most re-dispatched inputs per INPUTS frame.
 const REDISPATCH_BATCH: usize = 1024;

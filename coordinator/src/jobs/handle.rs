@@ -2,11 +2,11 @@
 //! (more inputs, cancel, status) reach a job task.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use agent_proto::{JobSpec, JobState};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::ClientInput;
@@ -46,6 +46,11 @@ pub struct JobHandle {
     pub detach: bool,
     inputs: mpsc::Sender<ClientInput>,
     inputs_closed: AtomicBool,
+    /// Input bodies being read (the submission's rest and `/inputs` requests): INPUTS_END
+    /// from one is queued only after the others, so no batch lands behind the end.
+    feeders: AtomicUsize,
+    /// Wakes an INPUTS_END waiting for the other bodies.
+    feeder_done: Notify,
     cancel: CancellationToken,
     cancel_reason: OnceLock<String>,
     ended: CancellationToken,
@@ -61,6 +66,8 @@ impl JobHandle {
             detach: spec.detach,
             inputs,
             inputs_closed: AtomicBool::new(false),
+            feeders: AtomicUsize::new(0),
+            feeder_done: Notify::new(),
             cancel: CancellationToken::new(),
             cancel_reason: OnceLock::new(),
             ended: CancellationToken::new(),
@@ -131,6 +138,28 @@ impl JobHandle {
     /// Marks INPUTS_END received; false if it already was.
     pub fn close_inputs(&self) -> bool {
         !self.inputs_closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// An input body starts being read; INPUTS_END waits for its guard to drop.
+    pub fn feeding(self: &Arc<Self>) -> FeederGuard {
+        self.feeders.fetch_add(1, Ordering::AcqRel);
+        FeederGuard(self.clone())
+    }
+
+    /// Waits until no input body but the caller's own is being read (or the job ends).
+    pub async fn other_feeders_done(&self) {
+        loop {
+            let done = self.feeder_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.feeders.load(Ordering::Acquire) <= 1 || self.ended.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = done => {}
+                _ = self.ended.cancelled() => return,
+            }
+        }
     }
 
     /// Whether INPUTS_END was received.
@@ -301,5 +330,36 @@ mod tests {
         assert!(record.finished_at_ms.is_some());
         assert!(job.close_inputs());
         assert!(!job.close_inputs());
+    }
+
+    #[tokio::test]
+    async fn inputs_end_waits_for_the_other_input_bodies() {
+        let (job, _rx) = JobHandle::new(&JobSpec::new("f"), 6);
+        let submission_body = job.feeding();
+        let inputs_body = job.feeding();
+        let waiter = {
+            let job = job.clone();
+            tokio::spawn(async move { job.other_feeders_done().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "the submission body is still being read"
+        );
+        drop(submission_body);
+        waiter.await.expect("waiter");
+        drop(inputs_body);
+        job.other_feeders_done().await;
+    }
+}
+
+/// Marks one input body of a job as being read, until dropped.
+#[derive(Debug)]
+pub struct FeederGuard(Arc<JobHandle>);
+
+impl Drop for FeederGuard {
+    fn drop(&mut self) {
+        self.0.feeders.fetch_sub(1, Ordering::AcqRel);
+        self.0.feeder_done.notify_waiters();
     }
 }

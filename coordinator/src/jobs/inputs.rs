@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use agent_proto::{Frame, FrameError, FrameKind};
+use agent_proto::{BatchView, Frame, FrameError, FrameKind};
 use tracing::debug;
 
+use super::handle::FeederGuard;
 use super::JobHandle;
 use crate::api::frames_in::ReadError;
 use crate::api::request::ClientFrames;
 use crate::error::Error;
-use agent_proto::BatchView;
 
 /// One step of a client's input stream.
 #[derive(Debug)]
@@ -58,7 +58,11 @@ async fn queue(handle: &JobHandle, input: ClientInput) -> bool {
 
 /// Reads the rest of a submission's body into the job (a task per job). The body may end
 /// without INPUTS_END: the client then sends the rest with `POST /v1/jobs/{id}/inputs`.
-pub async fn pump_submission(handle: Arc<JobHandle>, mut frames: ClientFrames) {
+pub async fn pump_submission(
+    handle: Arc<JobHandle>,
+    mut frames: ClientFrames,
+    _feeding: FeederGuard,
+) {
     loop {
         let input = match frames.next().await {
             Ok(Some(frame)) => match ClientInput::from_frame(frame) {
@@ -70,8 +74,11 @@ pub async fn pump_submission(handle: Arc<JobHandle>, mut frames: ClientFrames) {
             Err(ReadError::Body(err)) => ClientInput::Disconnected(err),
         };
         let last = !matches!(input, ClientInput::Batch { .. });
-        if matches!(input, ClientInput::End) && !handle.close_inputs() {
-            return;
+        if matches!(input, ClientInput::End) {
+            if !handle.close_inputs() {
+                return;
+            }
+            handle.other_feeders_done().await;
         }
         if !queue(&handle, input).await || last {
             debug!(job = %handle.job_id, "submission body done");
@@ -82,7 +89,8 @@ pub async fn pump_submission(handle: Arc<JobHandle>, mut frames: ClientFrames) {
 
 /// Queues the frames of a `POST /v1/jobs/{id}/inputs` body; the error becomes the answer to
 /// that request (the job goes on).
-pub async fn push_inputs(handle: &JobHandle, mut frames: ClientFrames) -> Result<(), Error> {
+pub async fn push_inputs(handle: &Arc<JobHandle>, mut frames: ClientFrames) -> Result<(), Error> {
+    let _feeding = handle.feeding();
     loop {
         if handle.inputs_closed() {
             return Err(Error::InputsClosed(handle.job_id.clone()));
@@ -94,8 +102,11 @@ pub async fn push_inputs(handle: &JobHandle, mut frames: ClientFrames) -> Result
             Err(ReadError::Body(err)) => return Err(Error::BodyRead(err)),
         };
         let input = ClientInput::from_frame(frame)?;
-        if matches!(input, ClientInput::End) && !handle.close_inputs() {
-            return Err(Error::InputsClosed(handle.job_id.clone()));
+        if matches!(input, ClientInput::End) {
+            if !handle.close_inputs() {
+                return Err(Error::InputsClosed(handle.job_id.clone()));
+            }
+            handle.other_feeders_done().await;
         }
         let end = matches!(input, ClientInput::End);
         if !queue(handle, input).await {

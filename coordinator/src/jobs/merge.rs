@@ -4,8 +4,8 @@
 
 use agent_proto::batch::encode_items;
 use agent_proto::{
-    Failure, FailureInfo, FailureKind, Frame, FrameKind, JobEnd, JobProgress, JobState, Output,
-    NO_INDEX,
+    BatchView, Failure, FailureInfo, FailureKind, Frame, FrameKind, JobEnd, JobProgress, JobState,
+    Output, NO_INDEX,
 };
 use tracing::{debug, warn};
 
@@ -13,7 +13,6 @@ use super::inflight::Slot;
 use super::node_stream::{NodeEvent, NodeEventKind};
 use super::run::{JobRun, Outcome};
 use super::streams::{Loss, StreamState};
-use agent_proto::BatchView;
 
 impl JobRun {
     /// Applies one event of a node stream.

@@ -42,8 +42,12 @@ pub async fn submit(
         "job admitted"
     );
     let (sink, body) = ResultSink::channel(d.limits.stream_frames);
+    // Counted before the response goes out, so an INPUTS_END on a later `/inputs` request
+    // cannot complete the job while this body still has inputs to queue.
+    let feeding = job.feeding();
     supervisor::start(job.clone(), daemon.job_context(), sink);
     tokio::spawn(async move {
+        let _feeding = feeding;
         match feed(&job, &mut inputs).await {
             Ok(_) => {}
             // The client went away mid-body: the result stream's closing cancels the job.
@@ -104,7 +108,10 @@ pub async fn inputs(
             None => ApiError::NoJob(job_id),
         });
     };
-    if let Err(err) = feed(&job, &mut frames).await {
+    let feeding = job.feeding();
+    let fed = feed(&job, &mut frames).await;
+    drop(feeding);
+    if let Err(err) = fed {
         frames.drain().await;
         return Err(err.into());
     }

@@ -63,6 +63,9 @@ struct Counters {
     /// Why the job ended, once decided.
     message: Option<String>,
     inputs_ended: bool,
+    /// Input bodies still being read (the first request's and any `/inputs` ones): INPUTS_END
+    /// in one of them must not complete the job while another still has inputs to queue.
+    feeders: u32,
     done: u64,
     failed: u64,
     instances: u64,
@@ -109,6 +112,7 @@ impl Job {
                 state: JobState::Starting,
                 message: None,
                 inputs_ended: false,
+                feeders: 0,
                 done: 0,
                 failed: 0,
                 instances: 0,
@@ -232,6 +236,12 @@ impl Job {
         Ok(())
     }
 
+    /// An input body starts being read; the job cannot complete until the guard drops.
+    pub fn feeding(&self) -> FeederGuard {
+        self.counters().feeders += 1;
+        FeederGuard(self.clone())
+    }
+
     /// Inputs were queued (the supervisor may start instances).
     pub fn inputs_queued(&self) {
         self.notify();
@@ -263,7 +273,8 @@ impl Job {
 
     /// Whether every input has been answered and no more will come.
     pub fn is_complete(&self) -> bool {
-        self.counters().inputs_ended && self.0.queue.is_idle()
+        let c = self.counters();
+        c.inputs_ended && c.feeders == 0 && self.0.queue.is_idle()
     }
 
     /// Instances the job could use now: its cap (parallelism, expected inputs), limited to its
@@ -348,6 +359,21 @@ impl Job {
     }
 }
 
+/// Marks one input body of a job as being read; dropping it (body read, refused or cut)
+/// lets the job complete once its inputs have ended and been answered.
+#[derive(Debug)]
+pub struct FeederGuard(Job);
+
+impl Drop for FeederGuard {
+    fn drop(&mut self) {
+        {
+            let mut c = self.0.counters();
+            c.feeders = c.feeders.saturating_sub(1);
+        }
+        self.0.notify();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +435,21 @@ mod tests {
         assert_eq!((end.done, end.failed), (2, 1));
         assert!(job.finish(JobState::Completed, None));
         assert_eq!(job.stop_mode(), StopMode::Shutdown);
+    }
+
+    #[test]
+    fn inputs_end_on_one_body_waits_for_the_others_to_be_read() {
+        let job = job(|_| {});
+        let first_body = job.feeding();
+        let second_body = job.feeding();
+        job.end_inputs().expect("ok");
+        drop(second_body);
+        assert!(
+            !job.is_complete(),
+            "the first body may still hold inputs not queued yet"
+        );
+        drop(first_body);
+        assert!(job.is_complete());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! A runtime hands out workers that are already connected (a framed Unix socket), placed in a
 //! slot's limits, and whose end it can report; it kills a slot's processes and removes what it
 //! created for a slot. The `process` runtime forks workers from a warm zygote into per-slot
-//! cgroups; a `docker` runtime can implement the same trait with containers.
+//! cgroups; the `docker` runtime runs each worker in its own container from warm pools.
 
 pub mod conn;
+pub mod docker;
 pub mod exit;
 pub mod process;
 
@@ -54,6 +55,14 @@ pub enum RuntimeError {
     /// A cgroup operation failed.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The container engine refused or failed a request.
+    #[error("docker engine: {action}: {reason}")]
+    Engine {
+        /// What was asked of the engine.
+        action: &'static str,
+        /// What it answered.
+        reason: String,
+    },
     /// The runtime is shutting down and hands out nothing more.
     #[error("the worker runtime is shutting down")]
     ShuttingDown,

@@ -47,9 +47,23 @@ pub fn kill_workers_of(proc_root: &Path, worker_file: &Path) -> usize {
 mod tests {
     use super::*;
 
+    /// The real interpreter behind `python3`: a version-manager shim (pyenv) execs through a
+    /// chain of scripts that already carry `arg`, and a process caught mid-exec has no
+    /// readable command line, which made this test flaky under load.
+    fn real_python() -> String {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
     /// A process with `arg` in its command line, once it has exec'd.
     fn sleeper(arg: &Path) -> std::process::Child {
-        let mut child = std::process::Command::new("python3")
+        let mut child = std::process::Command::new(real_python())
             .arg("-c")
             .arg("import time; time.sleep(1000)")
             .arg(arg)

@@ -1,0 +1,752 @@
+//! The `docker` runtime: one container per worker, started from the job's image through
+//! bollard, kept warm (started, worker connected and idle) and put into a slot's limits with
+//! the update-container API when a job takes it.
+//!
+//! - Each container runs `python3 fleetmap_worker.py worker --socket ...` with the daemon's
+//!   worker socket, the worker module (read-only) and the progress dir bind-mounted in; no
+//!   capabilities, `no-new-privileges`, a pids limit, swap off, a cgroup parent of the
+//!   daemon's own (`/<cgroup parent>-containers`), and its own network namespace (`bridge` by
+//!   default so functions can reach the network, `none` with `--container-network none`;
+//!   never the host's).
+//! - Peer check: HELLO's pid is the worker's pid inside the container's pid namespace, so it
+//!   cannot be matched against the socket's peer credentials. The kernel reports a peer's pid
+//!   in the *daemon's* namespace, and the engine reports each container's init pid in the same
+//!   namespace (`State.Pid` from inspect); the worker is the container's init, so a connection
+//!   is accepted only when its peer pid is the host pid of a container this run started.
+//! - Labels (node, run, role) are fixed at create time, before the container's job is known,
+//!   so a taken container is renamed `fleetmap-<node>-<slot>-<n>` to name its slot.
+//! - Deaths are learnt from the engine (wait, then inspect): `State.OOMKilled` counts as an
+//!   OOM kill of the slot, whatever the exit code.
+//! - At start, containers labelled with this node id (an earlier run's) are removed; at
+//!   shutdown, every container of this run.
+
+mod cgroup;
+mod spec;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_proto::{FrameKind, PoolInfo, WorkerHello, PROTOCOL_VERSION};
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{
+    CreateContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    RenameContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use fleetmap_sandbox::{CgroupFlavor, Slot};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::runtime::process::pool::{IdleWorker, Pool};
+use crate::runtime::process::WORKER_SOURCE;
+use crate::runtime::{ExitStatus, ExitWatch, Runtime, RuntimeError, Worker, WorkerConn};
+
+pub use spec::{LABEL_NODE, LABEL_ROLE, LABEL_RUN};
+
+/// A new connection must say HELLO within this long.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections in their HELLO at once.
+const MAX_HANDSHAKES: usize = 64;
+/// How long `kill` waits for the engine to report the container gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Pause after a failed container start, so a broken engine is not hammered.
+const START_BACKOFF: Duration = Duration::from_secs(1);
+/// The image label that names the image's Python version (set by `fleetmap-base-image`).
+const LABEL_PYTHON: &str = "org.fleetmap.base.python-version";
+
+/// What the docker runtime is started with.
+#[derive(Debug, Clone)]
+pub struct DockerOptions {
+    /// Name of this node (labels every container; stale cleanup matches it).
+    pub node_id: String,
+    /// The image workers run in.
+    pub image: String,
+    /// The worker module on the host, bind-mounted read-only.
+    pub worker_file: PathBuf,
+    /// The daemon's worker socket on the host, bind-mounted in.
+    pub socket_path: PathBuf,
+    /// Where progress files live (mounted at the same path).
+    pub progress_dir: PathBuf,
+    /// Cgroup parent of every container (an absolute cgroupfs path the daemon owns).
+    pub cgroup_parent: String,
+    /// Mount root of the cgroup filesystem(s), to remove `cgroup_parent` at the end.
+    pub cgroup_root: PathBuf,
+    /// The containers' network mode: `none` or `bridge` (never `host`).
+    pub network: String,
+    /// Most processes (threads included) a container may hold.
+    pub pids_limit: i64,
+    /// Warm containers to keep.
+    pub pool_target: u32,
+    /// Largest frame body workers may send and receive.
+    pub max_frame_bytes: usize,
+    /// Cgroup flavour of the host (reported in node info).
+    pub flavor: CgroupFlavor,
+}
+
+impl DockerOptions {
+    /// Options with the protocol's layout under `state_dir` and the base image.
+    pub fn new(
+        node_id: String,
+        state_dir: PathBuf,
+        cgroup_parent: String,
+        pool_target: u32,
+    ) -> Self {
+        Self {
+            node_id,
+            image: "fleetmap/base:1".to_string(),
+            worker_file: state_dir.join("worker").join("fleetmap_worker.py"),
+            socket_path: state_dir.join("docker-worker.sock"),
+            progress_dir: state_dir.join("progress"),
+            cgroup_parent,
+            cgroup_root: PathBuf::from(fleetmap_sandbox::DEFAULT_CGROUP_ROOT),
+            network: "bridge".to_string(),
+            pids_limit: 1024,
+            pool_target,
+            max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
+            flavor: CgroupFlavor::None,
+        }
+    }
+}
+
+/// A container this run started and the engine has not yet reported gone.
+#[derive(Debug)]
+struct Live {
+    id: String,
+    exit: ExitWatch,
+    slot: Option<String>,
+}
+
+/// Bookkeeping behind one std `Mutex`: map lookups and inserts, never an await inside.
+#[derive(Debug, Default)]
+struct Books {
+    /// Host pid → the container whose init it is, for containers not yet gone.
+    by_pid: HashMap<u32, Live>,
+    /// Host pid of a started container → where its HELLO'd connection goes.
+    expecting: HashMap<u32, oneshot::Sender<WorkerConn>>,
+    /// Connections that said HELLO before their container's pid was known.
+    early: HashMap<u32, WorkerConn>,
+    /// Slot id → host pid of the container serving it.
+    slots: HashMap<String, u32>,
+    /// Slot id → OOM kills the engine reported for its containers.
+    ooms: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    opts: DockerOptions,
+    docker: Docker,
+    run_id: String,
+    python: String,
+    all_cpus: String,
+    pool: Pool,
+    books: Mutex<Books>,
+    names: AtomicU64,
+    /// Container starts in progress (shutdown waits for them, then removes what they made).
+    starting: AtomicU64,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn container_of_slot(&self, slot_id: &str) -> Option<(String, ExitWatch)> {
+        let books = self.books();
+        let pid = books.slots.get(slot_id)?;
+        books
+            .by_pid
+            .get(pid)
+            .map(|l| (l.id.clone(), l.exit.clone()))
+    }
+}
+
+/// Worker containers on the local Docker engine.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    inner: Arc<Inner>,
+}
+
+fn engine(action: &'static str) -> impl FnOnce(BollardError) -> RuntimeError {
+    move |err| RuntimeError::Engine {
+        action,
+        reason: err.to_string(),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the engine, removes containers an earlier run of this node left, checks
+    /// the image, listens on the worker socket and starts filling the warm pool.
+    pub async fn start(opts: DockerOptions, all_cpus: &[u32]) -> Result<Self, RuntimeError> {
+        let docker = fleetmap_base_image::Engine::connect()
+            .await
+            .map_err(|err| RuntimeError::Engine {
+                action: "connect",
+                reason: err.to_string(),
+            })?
+            .docker()
+            .clone();
+        let stale = remove_labelled(&docker, LABEL_NODE, &opts.node_id).await?;
+        if stale > 0 {
+            info!(removed = stale, "removed containers of an earlier run");
+        }
+        cgroup::remove_parent(&opts.cgroup_root, &opts.cgroup_parent);
+        let image =
+            docker
+                .inspect_image(&opts.image)
+                .await
+                .map_err(|err| RuntimeError::Engine {
+                    action: "inspect image",
+                    reason: format!(
+                        "{} ({err}); build it with `fleetmap-base-image ensure`",
+                        opts.image
+                    ),
+                })?;
+        let python = image
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|mut l| l.remove(LABEL_PYTHON))
+            .unwrap_or_default();
+        write_worker_file(&opts.worker_file)?;
+        let _ = std::fs::remove_file(&opts.socket_path);
+        let listener =
+            UnixListener::bind(&opts.socket_path).map_err(|source| RuntimeError::Io {
+                op: "bind",
+                path: opts.socket_path.clone(),
+                source,
+            })?;
+        std::fs::set_permissions(&opts.socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| RuntimeError::Io {
+                op: "chmod",
+                path: opts.socket_path.clone(),
+                source,
+            })?;
+        let inner = Arc::new(Inner {
+            pool: Pool::new(opts.pool_target),
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            all_cpus: spec::cpu_list(all_cpus),
+            python,
+            docker,
+            opts,
+            books: Mutex::new(Books::default()),
+            names: AtomicU64::new(0),
+            starting: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let acceptor = tokio::spawn(accept(inner.clone(), listener));
+        let filler = tokio::spawn(fill(inner.clone()));
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([acceptor, filler]);
+        info!(image = %inner.opts.image, python = %inner.python, run = %inner.run_id, "docker runtime ready");
+        Ok(Self { inner })
+    }
+
+    /// Waits until the pool holds its target of warm containers, or `limit` passes.
+    pub async fn wait_pool_full(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let info = self.inner.pool.info();
+            if info.idle >= info.target {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&self) {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        drop(inner.pool.close());
+        let tasks: Vec<_> = inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+        while inner.starting.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match remove_labelled(&inner.docker, LABEL_RUN, &inner.run_id).await {
+            Ok(removed) => debug!(removed, "worker containers removed"),
+            Err(err) => warn!(cause = %err, "cannot remove worker containers"),
+        }
+        cgroup::remove_parent(&inner.opts.cgroup_root, &inner.opts.cgroup_parent);
+        let _ = std::fs::remove_file(&inner.opts.socket_path);
+        info!("docker runtime stopped");
+    }
+}
+
+/// Removes (force) every container whose label `key` is `value`; returns how many.
+async fn remove_labelled(docker: &Docker, key: &str, value: &str) -> Result<usize, RuntimeError> {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("{key}={value}")],
+        )])),
+        ..Default::default()
+    };
+    let found = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(engine("list containers"))?;
+    let ids: Vec<String> = found.into_iter().filter_map(|c| c.id).collect();
+    let removals = ids.iter().map(|id| remove(docker, id));
+    futures_util::future::join_all(removals).await;
+    Ok(ids.len())
+}
+
+/// Force-removes a container, ignoring one that is already gone.
+async fn remove(docker: &Docker, id: &str) {
+    let options = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => {}
+        Err(BollardError::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => {}
+        Err(err) => warn!(container = id, cause = %err, "cannot remove a container"),
+    }
+}
+
+fn write_worker_file(path: &Path) -> Result<(), RuntimeError> {
+    let io = |op, source| RuntimeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("mkdir", e))?;
+    }
+    let tmp = path.with_extension("py.tmp");
+    std::fs::write(&tmp, WORKER_SOURCE).map_err(|e| io("write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))
+}
+
+/// Keeps the pool at its target: starts as many containers as it lacks, concurrently.
+async fn fill(inner: Arc<Inner>) {
+    loop {
+        for _ in 0..inner.pool.claim_deficit() {
+            let inner = inner.clone();
+            inner.starting.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let started = start_one(&inner).await;
+                inner.starting.fetch_sub(1, Ordering::SeqCst);
+                if let Err(err) = started {
+                    if !inner.shutdown.is_cancelled() {
+                        warn!(cause = %err, "cannot start a worker container");
+                        tokio::time::sleep(START_BACKOFF).await;
+                    }
+                    inner.pool.spawn_lost();
+                }
+            });
+        }
+        tokio::select! {
+            _ = inner.pool.replenish_wanted() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Creates and starts one warm container and waits for its worker's HELLO.
+async fn start_one(inner: &Arc<Inner>) -> Result<(), RuntimeError> {
+    let n = inner.names.fetch_add(1, Ordering::Relaxed);
+    let name = format!("fleetmap-{}-{}-{n}", inner.opts.node_id, inner.run_id);
+    let body = spec::create_body(
+        &inner.opts,
+        &inner.opts.image,
+        &inner.run_id,
+        &inner.all_cpus,
+    );
+    let options = CreateContainerOptions {
+        name: Some(name),
+        ..Default::default()
+    };
+    let docker = &inner.docker;
+    let id = docker
+        .create_container(Some(options), body)
+        .await
+        .map_err(engine("create container"))?
+        .id;
+    let started = async {
+        docker
+            .start_container(&id, None)
+            .await
+            .map_err(engine("start container"))?;
+        let state = docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(engine("inspect container"))?
+            .state
+            .unwrap_or_default();
+        state
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| RuntimeError::Engine {
+                action: "start container",
+                reason: format!("container {id} has no running process"),
+            })
+    };
+    let pid = match started.await {
+        Ok(pid) if !inner.shutdown.is_cancelled() => pid,
+        Ok(_) => {
+            remove(docker, &id).await;
+            return Err(RuntimeError::ShuttingDown);
+        }
+        Err(err) => {
+            remove(docker, &id).await;
+            return Err(err);
+        }
+    };
+    let exit = ExitWatch::new();
+    let (tx, rx) = oneshot::channel();
+    let early = {
+        let mut books = inner.books();
+        books.by_pid.insert(
+            pid,
+            Live {
+                id: id.clone(),
+                exit: exit.clone(),
+                slot: None,
+            },
+        );
+        match books.early.remove(&pid) {
+            Some(conn) => Some(conn),
+            None => {
+                books.expecting.insert(pid, tx);
+                None
+            }
+        }
+    };
+    tokio::spawn(watch(inner.clone(), id.clone(), pid));
+    let conn = match early {
+        Some(conn) => conn,
+        None => match tokio::time::timeout(HELLO_TIMEOUT, rx).await {
+            Ok(Ok(conn)) => conn,
+            _ => {
+                inner.books().expecting.remove(&pid);
+                remove(docker, &id).await;
+                return Err(RuntimeError::Interpreter {
+                    python: spec::PYTHON_IN_CONTAINER.to_string(),
+                    reason: format!("container {id} sent no HELLO in time"),
+                });
+            }
+        },
+    };
+    debug!(container = %id, pid, "warm container joined the pool");
+    if let Err(worker) = inner.pool.push(IdleWorker { pid, conn, exit }) {
+        drop(worker);
+        remove(docker, &id).await;
+    }
+    Ok(())
+}
+
+/// Waits for a container to stop, publishes how it ended (OOM kills counted for its slot
+/// first, so an instance that sees the exit also sees the count), then removes it.
+async fn watch(inner: Arc<Inner>, id: String, pid: u32) {
+    let state = loop {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let _ = inner.docker.wait_container(&id, Some(options)).next().await;
+        match inner.docker.inspect_container(&id, None).await {
+            // The wait is one HTTP request under the client's timeout: a container that
+            // outlives it is still running, so wait again.
+            Ok(found) if found.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                if inner.shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(found) => break found.state.unwrap_or_default(),
+            Err(_) => break Default::default(),
+        }
+    };
+    let oom = state.oom_killed.unwrap_or(false);
+    let code = state.exit_code.and_then(|c| i32::try_from(c).ok());
+    let status = exit_status(oom, code);
+    let live = {
+        let mut books = inner.books();
+        let live = books.by_pid.remove(&pid);
+        if let (true, Some(slot)) = (oom, live.as_ref().and_then(|l| l.slot.clone())) {
+            // A released slot's count is gone and stays gone.
+            if books.slots.contains_key(&slot) {
+                *books.ooms.entry(slot).or_default() += 1;
+            }
+        }
+        books.expecting.remove(&pid);
+        live
+    };
+    debug!(container = %id, pid, oom, ?status, "container stopped");
+    if let Some(live) = live {
+        live.exit.set(status);
+    }
+    remove(&inner.docker, &id).await;
+}
+
+/// How a container ended, from the engine's state: an OOM kill is SIGKILL whatever the code;
+/// the engine reports init's death by signal N as 128 + N; no state at all (the container
+/// vanished) counts as SIGKILL.
+fn exit_status(oom: bool, code: Option<i32>) -> ExitStatus {
+    let killed = |signal| ExitStatus {
+        code: None,
+        signal: Some(signal),
+    };
+    match code {
+        _ if oom => killed(libc::SIGKILL),
+        Some(c) if c > 128 && c <= 128 + 64 => killed(c - 128),
+        Some(c) => ExitStatus {
+            code: Some(c),
+            signal: None,
+        },
+        None => killed(libc::SIGKILL),
+    }
+}
+
+/// Accepts worker connections until shutdown; each gets a HELLO check in its own task.
+async fn accept(inner: Arc<Inner>, listener: UnixListener) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(cause = %err, "accept on the worker socket failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = inner.shutdown.cancelled() => return,
+        };
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HELLO_TIMEOUT, hello(&inner, stream)).await {
+                Ok(Ok((pid, conn))) => deliver(&inner, pid, conn),
+                Ok(Err(reason)) => warn!(reason = %reason, "refused a worker connection"),
+                Err(_) => warn!("a worker connection sent no HELLO in time"),
+            }
+        });
+    }
+}
+
+/// Hands a HELLO'd connection to the start waiting for its container, or parks it until the
+/// start has learnt the container's pid (a fast worker can connect before inspect answers).
+fn deliver(inner: &Arc<Inner>, pid: u32, conn: WorkerConn) {
+    let mut books = inner.books();
+    if let Some(tx) = books.expecting.remove(&pid) {
+        if let Err(conn) = tx.send(conn) {
+            drop(conn);
+        }
+        return;
+    }
+    if books.early.len() >= MAX_HANDSHAKES {
+        warn!(pid, "too many unclaimed worker connections; refusing one");
+        return;
+    }
+    books.early.insert(pid, conn);
+    drop(books);
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(HELLO_TIMEOUT).await;
+        if inner.books().early.remove(&pid).is_some() {
+            warn!(
+                pid,
+                "a worker connection belongs to no container of this run"
+            );
+        }
+    });
+}
+
+/// Reads a worker's HELLO; returns the peer's host pid (HELLO's own pid is namespaced).
+async fn hello(inner: &Inner, stream: UnixStream) -> Result<(u32, WorkerConn), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("no peer credentials: {e}"))?;
+    let own_uid = nix::unistd::geteuid().as_raw();
+    if cred.uid() != own_uid {
+        return Err(format!(
+            "the peer runs as uid {} but workers run as uid {own_uid}",
+            cred.uid()
+        ));
+    }
+    let peer = cred
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .ok_or("the peer's pid is not visible to the daemon")?;
+    let mut conn = WorkerConn::new(stream, inner.opts.max_frame_bytes);
+    let frame = conn
+        .read_frame()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("closed before HELLO")?;
+    frame
+        .expect_kind(FrameKind::Hello)
+        .map_err(|e| e.to_string())?;
+    let hello: WorkerHello = frame.parse_json().map_err(|e| e.to_string())?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "worker speaks protocol {} but the daemon speaks {PROTOCOL_VERSION}",
+            hello.version
+        ));
+    }
+    Ok((peer, conn))
+}
+
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    fn python_version(&self) -> String {
+        self.inner.python.clone()
+    }
+
+    fn cgroup_flavor(&self) -> CgroupFlavor {
+        self.inner.opts.flavor
+    }
+
+    fn pool(&self) -> PoolInfo {
+        self.inner.pool.info()
+    }
+
+    fn acquire<'a>(&'a self, slot: &'a Slot) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
+        async move {
+            let inner = &self.inner;
+            let update = spec::slot_update(&slot.limits());
+            loop {
+                let idle = inner
+                    .pool
+                    .take(|dead| {
+                        debug!(pid = dead.pid, "dropping a warm container that is gone");
+                        let id = inner.books().by_pid.get(&dead.pid).map(|l| l.id.clone());
+                        if let Some(id) = id {
+                            let docker = inner.docker.clone();
+                            tokio::spawn(async move { remove(&docker, &id).await });
+                        }
+                    })
+                    .await?;
+                let Some(id) = inner.books().by_pid.get(&idle.pid).map(|l| l.id.clone()) else {
+                    continue;
+                };
+                if let Err(err) = inner.docker.update_container(&id, update.clone()).await {
+                    remove(&inner.docker, &id).await;
+                    if idle.exit.get().is_some() || !idle.conn.looks_alive() {
+                        continue;
+                    }
+                    return Err(engine("update container")(err));
+                }
+                {
+                    let mut books = inner.books();
+                    if let Some(live) = books.by_pid.get_mut(&idle.pid) {
+                        live.slot = Some(slot.id.clone());
+                    }
+                    books.slots.insert(slot.id.clone(), idle.pid);
+                }
+                // Off the hot path: the name records which slot took the container.
+                let n = inner.names.fetch_add(1, Ordering::Relaxed);
+                let name = format!("fleetmap-{}-{}-{n}", inner.opts.node_id, slot.id);
+                let docker = inner.docker.clone();
+                tokio::spawn(async move {
+                    let _ = docker
+                        .rename_container(&id, RenameContainerOptions { name })
+                        .await;
+                });
+                return Ok(Worker {
+                    pid: idle.pid,
+                    conn: idle.conn,
+                    exit: idle.exit,
+                });
+            }
+        }
+        .boxed()
+    }
+
+    fn oom_kills(&self, slot_id: &str) -> u64 {
+        self.inner.books().ooms.get(slot_id).copied().unwrap_or(0)
+    }
+
+    fn kill<'a>(&'a self, slot_id: &'a str, _pid: u32) -> BoxFuture<'a, ()> {
+        async move {
+            let inner = &self.inner;
+            let Some((id, exit)) = inner.container_of_slot(slot_id) else {
+                return;
+            };
+            let options = KillContainerOptions {
+                signal: "SIGKILL".to_string(),
+            };
+            if let Err(err) = inner.docker.kill_container(&id, Some(options)).await {
+                debug!(container = %id, cause = %err, "kill refused (already stopped?)");
+            }
+            if exit.wait(KILL_WAIT).await.is_none() {
+                warn!(container = %id, slot = slot_id, "the engine did not report a killed container gone");
+            }
+        }
+        .boxed()
+    }
+
+    fn release(&self, slot_id: String) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        async move {
+            let id = {
+                let mut books = inner.books();
+                books.ooms.remove(&slot_id);
+                let pid = books.slots.remove(&slot_id);
+                pid.and_then(|p| books.by_pid.get(&p).map(|l| l.id.clone()))
+            };
+            if let Some(id) = id {
+                remove(&inner.docker, &id).await;
+            }
+            debug!(slot = %slot_id, "slot released");
+        }
+        .boxed()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.stop().boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_states_map_to_exits() {
+        assert_eq!(exit_status(true, Some(0)).signal, Some(libc::SIGKILL));
+        assert_eq!(exit_status(false, Some(137)).signal, Some(9));
+        assert_eq!(exit_status(false, Some(139)).signal, Some(11));
+        assert_eq!(exit_status(false, Some(3)).code, Some(3));
+        assert_eq!(exit_status(false, Some(0)).code, Some(0));
+        assert_eq!(exit_status(false, None).signal, Some(libc::SIGKILL));
+    }
+}

@@ -1,0 +1,255 @@
+//! The `docker` runtime against the real engine: jobs run in warm containers, limits seen from
+//! inside match the job's, an allocation past `func_ram` is an OOM failure of its input only,
+//! and a SIGKILLed daemon's containers are gone once it restarts.
+//!
+//! Skipped loudly when the engine or the base image is missing, unless
+//! `FLEETMAP_REQUIRE_DOCKER=1`, which turns the skip into a failure.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_proto::{FailureKind, JobState};
+use bollard::query_parameters::ListContainersOptions;
+use fleetmap_sandbox::CgroupMode;
+use fleetmapd::runtime::docker::{LABEL_NODE, LABEL_RUN};
+use fleetmapd::RuntimeKind;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::{function, run_job, spec, TestDaemon};
+
+const IMAGE: &str = "fleetmap/base:1";
+
+/// Whether the engine answers and has the base image; `Err` says why not.
+async fn docker_available() -> Result<(), String> {
+    support::python_available()?;
+    let engine = fleetmap_base_image::Engine::connect()
+        .await
+        .map_err(|e| format!("no Docker engine: {e}"))?;
+    match engine.inspect(IMAGE).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "the engine has no {IMAGE}; run `fleetmap-base-image ensure`"
+        )),
+        Err(e) => Err(format!("cannot inspect {IMAGE}: {e}")),
+    }
+}
+
+macro_rules! require_docker {
+    () => {
+        if let Err(why) = docker_available().await {
+            if std::env::var("FLEETMAP_REQUIRE_DOCKER").as_deref() == Ok("1") {
+                panic!("FLEETMAP_REQUIRE_DOCKER=1 but {why}");
+            }
+            eprintln!("SKIPPED {}: needs Docker: {why}", module_path!());
+            return;
+        }
+    };
+}
+
+async fn start(name: &str) -> TestDaemon {
+    TestDaemon::start_with(name, CgroupMode::Auto, |config| {
+        config.runtime = RuntimeKind::Docker;
+        config.docker_image = IMAGE.to_string();
+        config.container_network = "none".to_string();
+    })
+    .await
+}
+
+/// Labels of the containers (running or not) whose node label is `node`.
+async fn containers_of(node: &str) -> Vec<HashMap<String, String>> {
+    let engine = fleetmap_base_image::Engine::connect()
+        .await
+        .expect("engine");
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={node}")],
+        )])),
+        ..Default::default()
+    };
+    engine
+        .docker()
+        .list_containers(Some(options))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|c| c.labels.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_runs_in_warm_containers() {
+    require_docker!();
+    let daemon = start("dk-job").await;
+    let node = support::get_json(daemon.addr, "/v1/node").await;
+    assert_eq!(node["runtime"], "docker", "{node}");
+    assert_eq!(node["pool"]["idle"], 2, "warm containers: {node}");
+    let started = Instant::now();
+    let out = run_job(
+        daemon.addr,
+        &spec("dk-job"),
+        &function("double", None),
+        0..50,
+    )
+    .await;
+    eprintln!(
+        "docker runtime: 50 inputs in {:?} with warm containers",
+        started.elapsed()
+    );
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.failures);
+    assert!((0..50).all(|i| out.int(i) == Some(2 * i as i64)));
+    let node_id = daemon.node_id.clone();
+    daemon.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        containers_of(&node_id).await.is_empty(),
+        "a graceful stop removes every container"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_sees_its_cpuset_and_memory_limit() {
+    require_docker!();
+    let daemon = start("dk-limits").await;
+    let mut job = spec("dk-limits");
+    job.func_cpu = 1;
+    job.func_ram_gb = 1;
+    job.expected_inputs = Some(1);
+    let out = run_job(daemon.addr, &job, &function("container_limits", None), 0..1).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.failures);
+    let seen = support::unpickle_str(&out.results[&0]).expect("a str");
+    let seen: serde_json::Value = serde_json::from_str(&seen).expect("json");
+    let affinity = seen["affinity"].as_array().expect("affinity");
+    assert_eq!(affinity.len(), 1, "func_cpu=1: {seen}");
+    assert_eq!(
+        seen["cpuset"].as_str(),
+        Some(affinity[0].to_string().as_str()),
+        "{seen}"
+    );
+    assert_eq!(seen["memory_limit"], "1073741824", "{seen}");
+    if seen["memsw_limit"] != "" {
+        assert_eq!(seen["memsw_limit"], "1073741824", "swap off: {seen}");
+    }
+    assert_eq!(seen["pid"], 1, "the worker is the container's init: {seen}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_allocation_past_func_ram_is_an_oom_of_its_input_only() {
+    require_docker!();
+    let daemon = start("dk-oom").await;
+    let out = run_job(
+        daemon.addr,
+        &spec("dk-oom"),
+        &function("oom_on_3", None),
+        0..20,
+    )
+    .await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+    let failure = &out.failures[0];
+    assert_eq!(failure.index, 3);
+    assert_eq!(failure.info.kind, FailureKind::Oom, "{:?}", failure.info);
+    assert_eq!(
+        failure.info.message,
+        "input 3 was killed: out of memory (func_ram=1 GB); raise func_ram or use less memory per input"
+    );
+    assert_eq!(out.results.len(), 19);
+    daemon.stop().await;
+}
+
+struct Binary {
+    child: Child,
+    addr_file: PathBuf,
+}
+
+fn start_binary(state: &Path, node: &str) -> Binary {
+    let addr_file = state.with_extension("addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetmapd"))
+        .args(["--listen", "127.0.0.1:0", "--node-id", node])
+        .args(["--worker-python", "python3", "--pool-size", "2"])
+        .args(["--runtime", "docker", "--container-network", "none"])
+        .args(["--cgroup-parent", &format!("fleetmap-test/{node}")])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("FLEETMAP_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("fleetmapd starts");
+    Binary { child, addr_file }
+}
+
+impl Binary {
+    async fn wait_serving(&self) {
+        let started = Instant::now();
+        while !self.addr_file.exists() {
+            assert!(started.elapsed() < Duration::from_secs(60), "no addr-file");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+    }
+
+    fn wait(&mut self) {
+        let started = Instant::now();
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(started.elapsed() < Duration::from_secs(30), "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_removes_the_containers_of_a_killed_run() {
+    require_docker!();
+    let node = support::node_id("dk-restart");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut first = start_binary(&state, &node);
+    first.wait_serving().await;
+    first.signal(Signal::SIGKILL);
+    first.wait();
+    let left: HashSet<String> = containers_of(&node)
+        .await
+        .into_iter()
+        .filter_map(|l| l.get(LABEL_RUN).cloned())
+        .collect();
+    assert_eq!(left.len(), 1, "the killed run left its warm containers");
+
+    let mut second = start_binary(&state, &node);
+    second.wait_serving().await;
+    let now = containers_of(&node).await;
+    assert!(!now.is_empty(), "the new run has warm containers");
+    assert!(
+        now.iter()
+            .all(|l| l.get(LABEL_RUN).is_some_and(|r| !left.contains(r))),
+        "no container of the killed run is left: {now:?}"
+    );
+    second.signal(Signal::SIGTERM);
+    second.wait();
+    assert!(
+        containers_of(&node).await.is_empty(),
+        "SIGTERM removes every container"
+    );
+    let parent = format!("memory/fleetmap-test/{node}-containers");
+    assert!(
+        !Path::new(fleetmap_sandbox::DEFAULT_CGROUP_ROOT)
+            .join(&parent)
+            .exists(),
+        "SIGTERM removes the containers' cgroup parent {parent}"
+    );
+}
