@@ -5,6 +5,7 @@
 //! created for a slot. The `process` runtime forks workers from a warm zygote into per-slot
 //! cgroups; the `docker` runtime runs each worker in its own container from warm pools.
 
+pub mod accept;
 pub mod conn;
 pub mod docker;
 pub mod exit;

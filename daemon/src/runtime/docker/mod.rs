@@ -41,21 +41,18 @@ use fleetmap_sandbox::{CgroupFlavor, Slot};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::runtime::accept::{accept_workers, HELLO_TIMEOUT, MAX_HANDSHAKES};
 use crate::runtime::process::pool::{IdleWorker, Pool};
 use crate::runtime::process::WORKER_SOURCE;
 use crate::runtime::{ExitStatus, ExitWatch, Runtime, RuntimeError, Worker, WorkerConn};
 
 pub use spec::{LABEL_NODE, LABEL_ROLE, LABEL_RUN};
 
-/// A new connection must say HELLO within this long.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections in their HELLO at once.
-const MAX_HANDSHAKES: usize = 64;
 /// How long `kill` waits for the engine to report the container gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Pause after a failed container start, so a broken engine is not hammered.
@@ -529,34 +526,23 @@ fn exit_status(oom: bool, code: Option<i32>) -> ExitStatus {
     }
 }
 
-/// Accepts worker connections until shutdown; each gets a HELLO check in its own task.
+/// Accepts worker connections until shutdown and hands each HELLO'd one to its container.
 async fn accept(inner: Arc<Inner>, listener: UnixListener) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    warn!(cause = %err, "accept on the worker socket failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = inner.shutdown.cancelled() => return,
-        };
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HELLO_TIMEOUT, hello(&inner, stream)).await {
-                Ok(Ok((pid, conn))) => deliver(&inner, pid, conn),
-                Ok(Err(reason)) => warn!(reason = %reason, "refused a worker connection"),
-                Err(_) => warn!("a worker connection sent no HELLO in time"),
-            }
-        });
-    }
+    let shutdown = inner.shutdown.clone();
+    let checking = inner.clone();
+    accept_workers(
+        listener,
+        shutdown,
+        move |stream| {
+            let inner = checking.clone();
+            async move { hello(&inner, stream).await }
+        },
+        move |(pid, conn): (u32, WorkerConn)| {
+            let inner = inner.clone();
+            async move { deliver(&inner, pid, conn) }
+        },
+    )
+    .await;
 }
 
 /// Hands a HELLO'd connection to the start waiting for its container, or parks it until the

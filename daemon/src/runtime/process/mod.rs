@@ -33,7 +33,7 @@ use futures_util::FutureExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use self::exits::Exits;
 use self::pool::{IdleWorker, Pool};
 use self::spares::Spares;
+use crate::runtime::accept::accept_workers;
 use crate::runtime::{Runtime, RuntimeError, Worker, WorkerConn};
 
 /// The worker module, embedded so the daemon binary is all a node needs besides Python.
@@ -48,11 +49,6 @@ pub const WORKER_SOURCE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../images/worker/fleetmap_worker.py"
 ));
-
-/// A new connection must say HELLO within this long.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections in their HELLO at once.
-const MAX_HANDSHAKES: usize = 64;
 
 /// What the process runtime is started with.
 #[derive(Debug, Clone)]
@@ -360,48 +356,37 @@ fn write_worker_file(path: &Path) -> Result<(), RuntimeError> {
     std::fs::rename(&tmp, path).map_err(|e| io("rename", e))
 }
 
-/// Accepts worker connections until shutdown; each gets a HELLO check in its own task.
+/// Accepts worker connections until shutdown: each HELLO'd worker gets its home cgroup (when
+/// cgroups are on) and joins the pool.
 async fn accept(inner: Arc<Inner>, listener: UnixListener) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    warn!(cause = %err, "accept on the worker socket failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let shutdown = inner.shutdown.clone();
+    let checking = inner.clone();
+    accept_workers(
+        listener,
+        shutdown,
+        move |stream| {
+            let inner = checking.clone();
+            async move { hello(&inner, stream).await }
+        },
+        move |worker: IdleWorker| {
+            let inner = inner.clone();
+            async move {
+                // Without cgroups there is no move to save: affinity is set at job time.
+                let homes = inner.cgroups.flavor() != CgroupFlavor::None;
+                if let Some(limits) = inner.opts.home_limits.clone().filter(|_| homes) {
+                    let settling = inner.clone();
+                    let pid = worker.pid;
+                    let _ = tokio::task::spawn_blocking(move || settling.settle_home(pid, &limits))
+                        .await;
                 }
-            },
-            _ = inner.shutdown.cancelled() => return,
-        };
-        let Ok(permit) = handshakes.clone().acquire_owned().await else {
-            return;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HELLO_TIMEOUT, hello(&inner, stream)).await {
-                Ok(Ok(worker)) => {
-                    // Without cgroups there is no move to save: affinity is set at job time.
-                    let homes = inner.cgroups.flavor() != CgroupFlavor::None;
-                    if let Some(limits) = inner.opts.home_limits.clone().filter(|_| homes) {
-                        let settling = inner.clone();
-                        let pid = worker.pid;
-                        let _ =
-                            tokio::task::spawn_blocking(move || settling.settle_home(pid, &limits))
-                                .await;
-                    }
-                    debug!(pid = worker.pid, "worker joined the pool");
-                    if let Err(worker) = inner.pool.push(worker) {
-                        sigkill(worker.pid);
-                    }
+                debug!(pid = worker.pid, "worker joined the pool");
+                if let Err(worker) = inner.pool.push(worker) {
+                    sigkill(worker.pid);
                 }
-                Ok(Err(reason)) => warn!(reason = %reason, "refused a worker connection"),
-                Err(_) => warn!("a worker connection sent no HELLO in time"),
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// Reads and checks a worker's HELLO.
