@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use agent_proto::{Failure, Frame, FrameKind, ItemBatch, JobEnd, JobSpec};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 pub use http::{Http, ResultStream};
@@ -124,6 +124,19 @@ pub fn prelude(spec: &JobSpec, function: &Bytes) -> Vec<Frame> {
     ]
 }
 
+/// A whole job in one body: SPEC, FUNCTION, inputs `range` in batches of `batch`, INPUTS_END.
+pub fn whole_job(
+    spec: &JobSpec,
+    payloads: &python::Payloads,
+    range: std::ops::Range<usize>,
+    batch: usize,
+) -> Vec<Frame> {
+    let mut frames = prelude(spec, &payloads.function);
+    frames.extend(payloads.batches(range, batch));
+    frames.push(Frame::empty(FrameKind::InputsEnd));
+    frames
+}
+
 /// What a result stream carried, by kind.
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -147,6 +160,18 @@ impl Collected {
             collected.add(frame)?;
         }
         Ok(collected)
+    }
+
+    /// Reads `stream` until at least `n` results have arrived.
+    pub async fn read_results(&mut self, stream: &mut http::ResultStream, n: usize) -> Result<()> {
+        while self.results.len() < n {
+            let frame = stream
+                .next()
+                .await?
+                .context("the stream ended before the results")?;
+            self.add(&frame)?;
+        }
+        Ok(())
     }
 
     /// Adds one frame.

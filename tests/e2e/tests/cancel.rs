@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use agent_proto::{Frame, FrameKind, JobState};
-use fleetmap_e2e::{job_id, prelude, python, spec, Cluster, Collected};
+use agent_proto::{FrameKind, JobState};
+use fleetmap_e2e::{job_id, python, spec, whole_job, Cluster, Collected};
 use http::StatusCode;
 
 const SLOW: &str = "import time\ndef f(x):\n    time.sleep(0.02)\n    return x\n";
@@ -22,18 +22,13 @@ async fn delete_cancels_on_every_node_within_a_second() -> anyhow::Result<()> {
     let cluster = Cluster::start(2).await?;
     let payloads = python::payloads(SLOW, "range(10000)")?;
     let id = job_id("cancel");
-    let mut first = prelude(&spec(&id, 10_000), &payloads.function);
-    first.extend(payloads.batches(0..10_000, 100));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 10_000), &payloads, 0..10_000, 100);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)
         .await?;
     let mut collected = Collected::default();
-    while collected.results.len() < 10 {
-        let frame = stream.next().await?.expect("results before END");
-        collected.add(&frame)?;
-    }
+    collected.read_results(&mut stream, 10).await?;
 
     let asked = Instant::now();
     let (status, record) = cluster
@@ -67,9 +62,7 @@ async fn a_client_that_disconnects_cancels_its_job() -> anyhow::Result<()> {
     let cluster = Cluster::start(1).await?;
     let payloads = python::payloads(SLOW, "range(5000)")?;
     let id = job_id("leave");
-    let mut first = prelude(&spec(&id, 5000), &payloads.function);
-    first.extend(payloads.batches(0..5000, 100));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 5000), &payloads, 0..5000, 100);
     let (body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use agent_proto::{FailureKind, Frame, FrameKind, JobState};
-use fleetmap_e2e::{job_id, prelude, python, spec, Cluster, Collected};
+use agent_proto::{FailureKind, JobState};
+use fleetmap_e2e::{job_id, python, spec, whole_job, Cluster, Collected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exception_stops_the_job_on_every_node() -> anyhow::Result<()> {
@@ -12,9 +12,7 @@ async fn an_exception_stops_the_job_on_every_node() -> anyhow::Result<()> {
     let source = "import time\ndef f(x):\n    if x == 17:\n        raise ValueError(f'bad value {x}')\n    time.sleep(0.001)\n    return x\n";
     let payloads = python::payloads(source, "range(10000)")?;
     let id = job_id("raise");
-    let mut first = prelude(&spec(&id, 10_000), &payloads.function);
-    first.extend(payloads.batches(0..10_000, 250));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 10_000), &payloads, 0..10_000, 250);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use agent_proto::{Frame, FrameKind, JobState};
-use fleetmap_e2e::{job_id, prelude, python, spec, Cluster, Collected};
+use agent_proto::JobState;
+use fleetmap_e2e::{job_id, python, spec, whole_job, Cluster, Collected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_of_the_only_node_wait_for_the_next_one() -> anyhow::Result<()> {
@@ -12,18 +12,13 @@ async fn inputs_of_the_only_node_wait_for_the_next_one() -> anyhow::Result<()> {
     let source = "import time\ndef f(x):\n    time.sleep(0.01)\n    return x * x\n";
     let payloads = python::payloads(source, "range(300)")?;
     let id = job_id("handover");
-    let mut first = prelude(&spec(&id, 300), &payloads.function);
-    first.extend(payloads.batches(0..300, 30));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 300), &payloads, 0..300, 30);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)
         .await?;
     let mut collected = Collected::default();
-    while collected.results.len() < 30 {
-        let frame = stream.next().await?.expect("results before END");
-        collected.add(&frame)?;
-    }
+    collected.read_results(&mut stream, 30).await?;
     cluster.daemons[0].proc.kill();
     // Nothing can run the rest now; a new node appears a moment later and takes it over.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -46,9 +41,7 @@ async fn sigterm_ends_running_jobs_and_the_coordinator_exits() -> anyhow::Result
         "range(5000)",
     )?;
     let id = job_id("term");
-    let mut first = prelude(&spec(&id, 5000), &payloads.function);
-    first.extend(payloads.batches(0..5000, 100));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 5000), &payloads, 0..5000, 100);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use agent_proto::{Frame, FrameKind, JobState};
-use fleetmap_e2e::{job_id, prelude, python, spec, Cluster, Collected};
+use agent_proto::JobState;
+use fleetmap_e2e::{job_id, python, spec, whole_job, Cluster, Collected};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_a_job() -> anyhow::Result<()> {
@@ -12,9 +12,7 @@ async fn two_daemons_share_a_job() -> anyhow::Result<()> {
     let source = "import time\ndef f(x):\n    time.sleep(0.002)\n    return -x\n";
     let payloads = python::payloads(source, "range(2000)")?;
     let id = job_id("split");
-    let mut first = prelude(&spec(&id, 2000), &payloads.function);
-    first.extend(payloads.batches(0..2000, 50));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 2000), &payloads, 0..2000, 50);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)
@@ -56,18 +54,13 @@ async fn redispatch_after_a_node_dies(flags: &[&str]) -> anyhow::Result<()> {
     let source = "import time\ndef f(x):\n    time.sleep(0.01)\n    return x + 7\n";
     let payloads = python::payloads(source, "range(600)")?;
     let id = job_id("lost");
-    let mut first = prelude(&spec(&id, 600), &payloads.function);
-    first.extend(payloads.batches(0..600, 20));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 600), &payloads, 0..600, 20);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)
         .await?;
     let mut collected = Collected::default();
-    while collected.results.len() < 60 {
-        let frame = stream.next().await?.expect("results before END");
-        collected.add(&frame)?;
-    }
+    collected.read_results(&mut stream, 60).await?;
     cluster.daemons[1].proc.kill();
     for frame in stream.until_end(Duration::from_secs(60)).await? {
         collected.add(&frame)?;

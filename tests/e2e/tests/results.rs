@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use agent_proto::{Frame, FrameKind, JobState};
-use fleetmap_e2e::{job_id, prelude, python, spec, Cluster, Collected};
+use fleetmap_e2e::{job_id, prelude, python, spec, whole_job, Cluster, Collected};
 use http::{Method, StatusCode};
 
 const SOURCE: &str = "def f(x):\n    return x * 3 + 1\n";
@@ -106,9 +106,7 @@ async fn print_output_is_forwarded_with_its_input() -> anyhow::Result<()> {
         "range(5)",
     )?;
     let id = job_id("print");
-    let mut first = prelude(&spec(&id, 5), &payloads.function);
-    first.extend(payloads.batches(0..5, 5));
-    first.push(Frame::empty(FrameKind::InputsEnd));
+    let first = whole_job(&spec(&id, 5), &payloads, 0..5, 5);
     let (_body, mut stream) = cluster
         .http
         .submit(&cluster.coordinator.url, &first)

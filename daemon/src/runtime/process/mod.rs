@@ -238,17 +238,7 @@ impl ProcessRuntime {
 
     /// Waits until the pool holds its target of idle workers, or `limit` passes.
     pub async fn wait_pool_full(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let info = self.inner.pool.info();
-            if info.idle >= info.target {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.inner.pool.wait_full(limit).await
     }
 
     async fn stop(&self) {

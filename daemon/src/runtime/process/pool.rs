@@ -77,6 +77,22 @@ impl Pool {
         }
     }
 
+    /// Waits until the pool holds its target of idle workers, or `limit` passes; returns
+    /// whether it is full. Start-up only: it polls.
+    pub async fn wait_full(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let info = self.info();
+            if info.idle >= info.target {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A worker finished its HELLO: it becomes idle. Returns it back if the pool is closed.
     pub fn push(&self, worker: IdleWorker) -> Result<(), IdleWorker> {
         {
