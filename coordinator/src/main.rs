@@ -56,7 +56,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = fleetmap_service_config::parse("FLEETMAP_COORDINATOR_");
     init_tracing(args.log_format);
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,

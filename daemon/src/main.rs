@@ -2,6 +2,7 @@
 //! SIGINT. Errors become exit codes here and nowhere else.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,12 +19,12 @@ use tokio::signal::unix::{signal, SignalKind};
 struct Args {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
-    listen: String,
+    listen: SocketAddr,
     /// File to write the base URL to once serving.
     #[arg(long)]
     addr_file: Option<PathBuf>,
     /// Base URL of the coordinator to register with.
-    #[arg(long)]
+    #[arg(long, value_parser = base_url)]
     coordinator: Option<String>,
     /// Name of this node, unique in the fleet.
     #[arg(long)]
@@ -50,7 +51,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Base URL announced to the coordinator (default: the listening address).
-    #[arg(long)]
+    #[arg(long, value_parser = base_url)]
     advertise: Option<String>,
     /// Where instances run: forked processes, or one Docker container each.
     #[arg(long, value_enum, default_value_t = RuntimeArg::Process)]
@@ -90,7 +91,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = fleetmap_service_config::parse("FLEETMAPD_");
     init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&args.listen)
+    let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut config = Config::new(args.node_id, args.state_dir, args.worker_python);
@@ -147,6 +148,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     fleetmapd::run(config, listener, shutdown).await?;
     Ok(())
+}
+
+/// An `http://host:port` or `https://host:port` base URL (no path, query or fragment).
+fn base_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|err| format!("not a URL ({err}); write it as http://host:port"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) if uri.path() == "/" || uri.path().is_empty() => {
+            Ok(text.trim_end_matches('/').to_string())
+        }
+        _ => Err("write it as http://host:port or https://host:port, with no path".to_string()),
+    }
 }
 
 fn init_tracing(format: LogFormat) {

@@ -54,7 +54,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Result<Self> {
+    /// Starts `command` as `name`, its stdout and stderr going to `log`.
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Result<Self> {
         let file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let child = command
@@ -149,7 +150,7 @@ impl Drop for Proc {
 }
 
 /// Waits for `path` to hold a URL written by a starting process.
-fn wait_addr(proc: &mut Proc, path: &Path, timeout: Duration) -> Result<String> {
+pub fn wait_addr(proc: &mut Proc, path: &Path, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(url) = std::fs::read_to_string(path) {
