@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Installs (or removes) fleetmap's services on a systemd machine.
+#
+#   install.sh install [--node] [--coordinator] [--bin-dir DIR] [--coordinator-url URL]
+#                      [--node-id ID] [--advertise URL] [--runtime process|docker] [--no-start]
+#   install.sh uninstall [--purge]
+#
+# install: copies fleetmapd / fleetmap-coordinator into /usr/local/bin, creates the `fleetmap`
+# system user the coordinator runs as, writes /etc/fleetmap/<service>.toml (never over an
+# operator's edited file), installs the units into /etc/systemd/system and enables and starts
+# them (unless --no-start). With neither --node nor --coordinator both are installed.
+# uninstall: stops and disables the units and removes them and the binaries; --purge also
+# removes /etc/fleetmap and the state directories.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+prefix=/usr/local
+unit_dir=/etc/systemd/system
+conf_dir=/etc/fleetmap
+doc_dir="$prefix/share/doc/fleetmap"
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+action="${1:-}"
+[ -n "$action" ] || die "say install or uninstall (see the top of this file)"
+shift
+
+node=0 coordinator=0 start=1 purge=0
+bin_dir="$repo/target/release"
+coordinator_url="http://127.0.0.1:7077"
+node_id="$(hostname)"
+advertise=""
+runtime="process"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --node) node=1 ;;
+    --coordinator) coordinator=1 ;;
+    --bin-dir) bin_dir="$2"; shift ;;
+    --coordinator-url) coordinator_url="$2"; shift ;;
+    --node-id) node_id="$2"; shift ;;
+    --advertise) advertise="$2"; shift ;;
+    --runtime) runtime="$2"; shift ;;
+    --no-start) start=0 ;;
+    --purge) purge=1 ;;
+    *) die "unknown option $1 (see the top of this file)" ;;
+  esac
+  shift
+done
+if [ "$node" = 0 ] && [ "$coordinator" = 0 ]; then node=1 coordinator=1; fi
+[ "$(id -u)" = 0 ] || die "run it as root (it writes /usr/local/bin, /etc and systemd units)"
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+units=()
+[ "$coordinator" = 1 ] && units+=(fleetmap-coordinator.service)
+[ "$node" = 1 ] && units+=(fleetmapd.service)
+
+install_config() { # name, then sed expressions
+  local name="$1"; shift
+  local target="$conf_dir/$name"
+  if [ -e "$target" ]; then
+    echo "install.sh: keeping the existing $target"
+    return
+  fi
+  sed "$@" "$here/$name" > "$target.tmp"
+  chmod 0640 "$target.tmp"
+  mv "$target.tmp" "$target"
+  echo "install.sh: wrote $target"
+}
+
+do_install() {
+  install -d -m 0755 "$prefix/bin" "$conf_dir" "$unit_dir" "$doc_dir"
+  install -m 0644 "$repo/README.md" "$doc_dir/README.md"
+  if [ "$coordinator" = 1 ]; then
+    [ -x "$bin_dir/fleetmap-coordinator" ] || die "$bin_dir/fleetmap-coordinator is missing; build it (cargo build --release) or pass --bin-dir"
+    install -m 0755 "$bin_dir/fleetmap-coordinator" "$prefix/bin/fleetmap-coordinator"
+    if ! getent passwd fleetmap >/dev/null; then
+      useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin fleetmap
+      echo "install.sh: created the system user fleetmap"
+    fi
+    install_config fleetmap-coordinator.toml -e 's|^db = .*|db = "/var/lib/fleetmap-coordinator/coordinator.db"|'
+    chgrp fleetmap "$conf_dir/fleetmap-coordinator.toml"
+    install -m 0644 "$here/fleetmap-coordinator.service" "$unit_dir/"
+  fi
+  if [ "$node" = 1 ]; then
+    [ -x "$bin_dir/fleetmapd" ] || die "$bin_dir/fleetmapd is missing; build it (cargo build --release) or pass --bin-dir"
+    /usr/bin/python3 -c 'import cloudpickle' 2>/dev/null \
+      || die "the workers' /usr/bin/python3 lacks cloudpickle; install it (apt-get install python3-cloudpickle, or pip)"
+    install -m 0755 "$bin_dir/fleetmapd" "$prefix/bin/fleetmapd"
+    local extra=()
+    if [ -n "$advertise" ]; then extra=(-e "s|^# advertise = .*|advertise = \"$advertise\"|"); fi
+    install_config fleetmapd.toml \
+      -e "s|@NODE_ID@|$node_id|" \
+      -e "s|^coordinator = .*|coordinator = \"$coordinator_url\"|" \
+      -e "s|^runtime = .*|runtime = \"$runtime\"|" \
+      "${extra[@]}"
+    install -m 0644 "$here/fleetmapd.service" "$unit_dir/"
+  fi
+  if ! systemd_running; then
+    echo "install.sh: systemd is not running here; installed ${units[*]} without starting them"
+    return
+  fi
+  systemctl daemon-reload
+  if [ "$start" = 1 ]; then
+    systemctl enable --now "${units[@]}"
+    echo "install.sh: enabled and started ${units[*]}"
+  else
+    systemctl enable "${units[@]}"
+    echo "install.sh: enabled ${units[*]} (not started: --no-start)"
+  fi
+}
+
+do_uninstall() {
+  if systemd_running; then
+    systemctl disable --now "${units[@]}" 2>/dev/null || true
+  fi
+  for unit in "${units[@]}"; do rm -f "$unit_dir/$unit"; done
+  if systemd_running; then systemctl daemon-reload; fi
+  [ "$coordinator" = 1 ] && rm -f "$prefix/bin/fleetmap-coordinator"
+  [ "$node" = 1 ] && rm -f "$prefix/bin/fleetmapd"
+  if [ "$purge" = 1 ]; then
+    rm -rf "$conf_dir" /var/lib/fleetmapd /var/lib/fleetmap-coordinator "$doc_dir"
+    if getent passwd fleetmap >/dev/null; then userdel fleetmap || true; fi
+  fi
+  echo "install.sh: removed ${units[*]}"
+}
+
+case "$action" in
+  install) do_install ;;
+  uninstall) do_uninstall ;;
+  *) die "unknown action $action: say install or uninstall" ;;
+esac
