@@ -14,6 +14,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the route exists but not with this method.
     MethodNotAllowed,
+    /// 408: the client sent the start of its request too slowly.
+    RequestTimeout,
     /// 409: the request conflicts with the current state.
     Conflict,
     /// 413: the body or a frame is too large.
@@ -36,6 +38,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::Unprocessable => 422,
@@ -86,5 +89,10 @@ mod tests {
             r#"{"error":{"code":"unprocessable","message":"nothing fits"}}"#
         );
         assert_eq!(ErrorCode::TooMany.status(), 429);
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::RequestTimeout).expect("serializes"),
+            r#""request_timeout""#
+        );
+        assert_eq!(ErrorCode::RequestTimeout.status(), 408);
     }
 }

@@ -22,10 +22,21 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest JSON request body (registrations, heartbeats).
     pub max_json_bytes: usize,
-    /// Connections served at once; more wait in the kernel's accept queue.
+    /// Connections served at once; one beyond it gets a 503 answer and is closed.
     pub max_connections: usize,
     /// Jobs running at once; more are refused with 429.
     pub max_jobs: usize,
+    /// Job result streams one client address may hold open at once; more are refused with 429.
+    pub max_jobs_per_client: usize,
+    /// Largest request head (request line and headers); a larger one gets 431 from hyper.
+    /// Also the largest read buffer of a connection (hyper's `max_buf_size`, at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head; slower ones (slowloris) are
+    /// disconnected. Also ends idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// How long a JSON body, or a job submission's SPEC and FUNCTION, may take to arrive;
+    /// slower ones get 408. Input frames are not timed: they come at the client's pace.
+    pub request_head_timeout: Duration,
     /// Nodes registered at once; more are refused with 429.
     pub max_nodes: usize,
     /// Input items a node may hold per instance of its share before backpressure applies.
@@ -52,6 +63,10 @@ impl Config {
             max_json_bytes: 1024 * 1024,
             max_connections: 4096,
             max_jobs: 10_000,
+            max_jobs_per_client: 1_000,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            request_head_timeout: Duration::from_secs(60),
             max_nodes: 10_000,
             window_items_per_instance: 4096,
             window_bytes: 64 * 1024 * 1024,

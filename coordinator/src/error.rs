@@ -48,6 +48,17 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The client sent the start of its request (JSON body, or SPEC and FUNCTION) too slowly.
+    #[error("the request's {what} did not arrive within {secs} s; send it at once")]
+    RequestTimeout {
+        /// What was awaited.
+        what: &'static str,
+        /// The limit in seconds.
+        secs: u64,
+    },
+    /// The connection limit is reached.
+    #[error("{0}")]
+    Busy(String),
     /// The request body could not be read (the client went away mid-request).
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -170,6 +181,8 @@ impl Error {
             | Self::InputsClosed(_)
             | Self::EndedBeforeAdmission { .. } => ErrorCode::Conflict,
             Self::TooMany(_) => ErrorCode::TooMany,
+            Self::RequestTimeout { .. } => ErrorCode::RequestTimeout,
+            Self::Busy(_) => ErrorCode::Unavailable,
             Self::NodeRefused { body, .. } => body.error.code,
             Self::NoNode { .. } | Self::NoNodeAccepted(_) | Self::ShuttingDown => {
                 ErrorCode::Unavailable
@@ -216,6 +229,14 @@ mod tests {
             (Error::NoNode { waited_ms: 5 }, 503),
             (Error::JobExists("j".into()), 409),
             (Error::TooMany("x".into()), 429),
+            (
+                Error::RequestTimeout {
+                    what: "SPEC",
+                    secs: 1,
+                },
+                408,
+            ),
+            (Error::Busy("x".into()), 503),
         ];
         for (err, status) in cases {
             assert_eq!(error_response(&err).status().as_u16(), status, "{err}");

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod jobs;
 pub mod node_client;

@@ -50,6 +50,12 @@ struct Args {
     /// Inputs a node may hold per instance of its share before backpressure applies.
     #[arg(long, default_value_t = 4096)]
     window_items_per_instance: usize,
+    /// Connections served at once; one beyond it gets 503.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Job result streams one client address may hold open at once; more get 429.
+    #[arg(long, default_value_t = 1000)]
+    max_jobs_per_client: usize,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -88,6 +94,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.node_timeout = Duration::from_millis(args.node_timeout_ms);
     config.redispatch_wait = Duration::from_millis(args.redispatch_wait_ms);
     config.window_items_per_instance = args.window_items_per_instance.max(1);
+    config.max_connections = args.max_connections.max(1);
+    config.max_jobs_per_client = args.max_jobs_per_client;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -3,18 +3,19 @@
 //! clients get END), connections finish their current request, and the store is flushed.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::conn::{self, ClientJobs};
 use crate::error::Error;
 use crate::registry;
 use crate::state::State;
@@ -70,17 +71,14 @@ pub async fn run(
 
 async fn accept_loop(listener: &TcpListener, state: &State) -> Result<(), Error> {
     let limit = Arc::new(Semaphore::new(state.config.max_connections));
+    let refusals = Arc::new(Semaphore::new(conn::MAX_REFUSALS));
+    let client_jobs = ClientJobs::default();
     let mut backoff = Duration::from_millis(1);
     loop {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
                 backoff = Duration::from_millis(1);
-                stream
+                accepted
             }
             Err(err) => {
                 // Out of file descriptors and similar: back off instead of spinning.
@@ -90,22 +88,29 @@ async fn accept_loop(listener: &TcpListener, state: &State) -> Result<(), Error>
                 continue;
             }
         };
+        // At the connection limit, answer 503 instead of serving.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!(%peer, "connection limit reached; refusing with 503");
+            conn::refuse_busy(stream, &state.config, &refusals);
+            continue;
+        };
         let state = state.clone();
+        let jobs = client_jobs.clone();
         state.tasks.clone().spawn(async move {
-            serve_connection(stream, state).await;
+            serve_connection(stream, peer.ip(), state, jobs).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, state: State) {
+async fn serve_connection(stream: TcpStream, client: IpAddr, state: State, jobs: ClientJobs) {
     if let Err(err) = stream.set_nodelay(true) {
         debug!(cause = %err, "cannot disable Nagle on a connection");
     }
     let service_state = state.clone();
-    let service = service_fn(move |req| crate::api::serve(service_state.clone(), req));
-    let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
+    let service =
+        service_fn(move |req| conn::serve(service_state.clone(), jobs.clone(), client, req));
+    let connection = conn::builder(&state.config)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);

@@ -108,8 +108,19 @@ pub struct Limits {
     pub stream_frames: usize,
     /// Jobs that may run at once; more are refused with 429.
     pub max_jobs: usize,
-    /// Client connections served at once (each may buffer up to one frame).
+    /// Client connections served at once (each may buffer up to one frame); a connection
+    /// beyond it gets one 503 answer and is closed.
     pub max_connections: usize,
+    /// Largest request head (request line and headers); a larger one gets 431 from hyper.
+    /// Also the largest read buffer of a connection (hyper's `max_buf_size`, at least 8 KiB).
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request head; slower ones (slowloris) are
+    /// disconnected. Also ends idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// How long a job submission may take to deliver its SPEC and FUNCTION frames; slower
+    /// ones get 408. Input frames after them are not timed: they come at the pace of the
+    /// client's iterable.
+    pub request_head_timeout: Duration,
     /// Ended jobs remembered for `GET /v1/jobs/{id}`.
     pub finished_jobs_kept: usize,
     /// How long to wait for the zygote to report ready at start.
@@ -125,6 +136,9 @@ impl Default for Limits {
             stream_frames: 64,
             max_jobs: 64,
             max_connections: 256,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            request_head_timeout: Duration::from_secs(60),
             finished_jobs_kept: 1024,
             startup_timeout: Duration::from_secs(60),
         }

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod capacity;
 pub mod config;
+pub mod conn;
 pub mod coordinator;
 pub mod error;
 pub mod job;

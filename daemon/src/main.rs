@@ -63,6 +63,12 @@ struct Args {
     /// network through NAT, `none` cuts them off; never the host's.
     #[arg(long, value_enum, default_value_t = NetworkArg::Bridge)]
     container_network: NetworkArg,
+    /// Client connections served at once; one beyond it gets 503.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Jobs that may run at once; more get 429.
+    #[arg(long, default_value_t = 64)]
+    max_jobs: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -134,6 +140,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         RuntimeArg::Docker => fleetmapd::RuntimeKind::Docker,
     };
     config.docker_image = args.docker_image;
+    config.limits.max_connections = args.max_connections.max(1);
+    config.limits.max_jobs = args.max_jobs.max(1);
     config.container_network = match args.container_network {
         NetworkArg::Bridge => "bridge".to_string(),
         NetworkArg::None => "none".to_string(),

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use agent_proto::JobState;
 use fleetmap_sandbox::{detect, Inventory, SlotCgroups, SlotLimits};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -126,16 +125,9 @@ pub async fn run(
 
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(crate::conn::MAX_REFUSALS));
     tokio::pin!(shutdown);
     loop {
-        // At the connection limit, stop accepting (new clients wait in the listen backlog).
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -147,13 +139,17 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // At the connection limit, answer 503 instead of serving.
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    debug!(%peer, "connection limit reached; refusing with 503");
+                    crate::conn::refuse_busy(stream, &config.limits, &refusals);
+                    continue;
+                };
                 let d = daemon.clone();
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |request| crate::api::handle(d.clone(), request)),
-                    );
+                let conn = crate::conn::builder(&config.limits).serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |request| crate::api::handle(d.clone(), request)),
+                );
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {

@@ -264,6 +264,10 @@ def decode_json_object(body, what: str) -> dict:
         value = json.loads(bytes(body).decode("utf-8"))
     except ValueError as exc:
         raise ProtocolError(ProtocolError.MALFORMED, "%s body is not valid JSON: %s" % (what, exc))
+    except RecursionError:
+        # json.loads recurses per nesting level: a deeply nested body is malformed, not a crash.
+        raise ProtocolError(ProtocolError.MALFORMED,
+                            "%s body nests JSON deeper than this interpreter can parse" % what)
     if not isinstance(value, dict):
         raise ProtocolError(ProtocolError.MALFORMED,
                             "%s body must be a JSON object, got %s" % (what, type(value).__name__))

@@ -22,6 +22,7 @@ pub async fn serve(state: State, req: Request<Incoming>) -> Result<Response<Body
     let limits = Limits {
         max_json_bytes: state.config.max_json_bytes,
         max_frame_bytes: state.config.max_frame_bytes,
+        head_timeout: state.config.request_head_timeout,
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

@@ -138,6 +138,22 @@ pub struct Limits {
     pub max_json_bytes: usize,
     /// Largest frame.
     pub max_frame_bytes: usize,
+    /// How long a JSON body, or SPEC and FUNCTION, may take to arrive.
+    pub head_timeout: std::time::Duration,
+}
+
+/// `future`, or 408 naming `what` when it takes longer than `limit`.
+async fn within<T>(
+    limit: std::time::Duration,
+    what: &'static str,
+    future: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or(Err(Error::RequestTimeout {
+            what,
+            secs: limit.as_secs(),
+        }))
 }
 
 /// Parses a request into a command; the error says what is wrong with it.
@@ -151,17 +167,32 @@ pub async fn parse(req: Request<Incoming>, limits: Limits) -> Result<Command, Er
         (Route::Health, &Method::GET) => Ok(Command::Health),
         (Route::Nodes, &Method::GET) => Ok(Command::ListNodes),
         (Route::Nodes, &Method::POST) => Ok(Command::RegisterNode(
-            read_json(body, limits.max_json_bytes, "NodeRegistration").await?,
+            within(
+                limits.head_timeout,
+                "NodeRegistration body",
+                read_json(body, limits.max_json_bytes, "NodeRegistration"),
+            )
+            .await?,
         )),
         (Route::Heartbeat(node_id), &Method::POST) => Ok(Command::Heartbeat {
             node_id,
-            info: read_json(body, limits.max_json_bytes, "NodeInfo").await?,
+            info: within(
+                limits.head_timeout,
+                "NodeInfo body",
+                read_json(body, limits.max_json_bytes, "NodeInfo"),
+            )
+            .await?,
         }),
         (Route::Jobs, &Method::GET) => Ok(Command::ListJobs {
             limit: list_limit(parts.uri.query())?,
         }),
         (Route::Jobs, &Method::POST) => Ok(Command::SubmitJob(Box::new(
-            read_submission(FrameReader::new(body, limits.max_frame_bytes)).await?,
+            within(
+                limits.head_timeout,
+                "SPEC and FUNCTION frames",
+                read_submission(FrameReader::new(body, limits.max_frame_bytes)),
+            )
+            .await?,
         ))),
         (Route::Job(job_id), &Method::GET) => Ok(Command::GetJob { job_id }),
         (Route::Job(job_id), &Method::DELETE) => Ok(Command::CancelJob { job_id }),

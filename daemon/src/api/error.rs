@@ -50,6 +50,9 @@ pub enum ApiError {
     /// The job's state refuses the request.
     #[error(transparent)]
     Job(#[from] JobError),
+    /// SPEC and FUNCTION did not arrive within the request head timeout.
+    #[error("the job's SPEC and FUNCTION frames did not arrive within {0} s; send them at once, before any slow work")]
+    HeadTimeout(u64),
     /// The daemon is stopping.
     #[error("this node is shutting down; send the job to another node")]
     ShuttingDown,
@@ -84,6 +87,7 @@ impl ApiError {
             Self::Admit(_) => ErrorCode::Unprocessable,
             Self::Registry(RegistryError::Duplicate(_)) | Self::Job(_) => ErrorCode::Conflict,
             Self::Registry(RegistryError::TooMany(_)) => ErrorCode::TooMany,
+            Self::HeadTimeout(_) => ErrorCode::RequestTimeout,
             Self::ShuttingDown => ErrorCode::Unavailable,
         }
     }
@@ -130,6 +134,7 @@ mod tests {
             (ApiError::Registry(RegistryError::TooMany(3)), 429),
             (ApiError::Admit(AdmitError::DoesNotFit("no".into())), 422),
             (ApiError::ShuttingDown, 503),
+            (ApiError::HeadTimeout(60), 408),
             (
                 FrameError::Unexpected {
                     got: FrameKind::Inputs,

@@ -100,7 +100,11 @@ pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiReq
         },
         Route::SubmitJob => {
             let mut frames = BodyFrames::new(body, max_frame);
-            match read_head(&mut frames).await {
+            let head_timeout = daemon.inner().limits.request_head_timeout;
+            let head = tokio::time::timeout(head_timeout, read_head(&mut frames))
+                .await
+                .unwrap_or(Err(ApiError::HeadTimeout(head_timeout.as_secs())));
+            match head {
                 Ok((spec, function)) => ApiRequest::SubmitJob(Submission {
                     spec,
                     function,
