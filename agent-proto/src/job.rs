@@ -124,9 +124,9 @@ pub enum SpecError {
     /// `timeout_s` not a positive finite number.
     #[error("timeout={0} is invalid; use a positive number of seconds")]
     Timeout(String),
-    /// `func_gpu` empty.
-    #[error("func_gpu must name a GPU model such as \"A100\" or \"H100\", not an empty string")]
-    EmptyGpu,
+    /// `func_gpu` names no model (see [`crate::gpu`] for the rules).
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuModelError),
 }
 
 impl JobSpec {
@@ -180,12 +180,8 @@ impl JobSpec {
                 return Err(SpecError::Timeout(timeout.to_string()));
             }
         }
-        if self
-            .func_gpu
-            .as_deref()
-            .is_some_and(|g| g.trim().is_empty())
-        {
-            return Err(SpecError::EmptyGpu);
+        if let Some(gpu) = self.func_gpu.as_deref() {
+            crate::gpu::GpuModel::parse(gpu)?;
         }
         Ok(())
     }
@@ -399,6 +395,22 @@ mod tests {
         spec.func_gpu = Some("H100".into());
         spec.parallelism = 500;
         assert_eq!(spec.instance_cap(), 100);
+    }
+
+    #[test]
+    fn func_gpu_must_name_a_model() {
+        let mut spec = JobSpec::new("j");
+        spec.func_gpu = Some("A100_80G".into());
+        assert_eq!(spec.validate(), Ok(()));
+        spec.func_gpu = Some(" ".into());
+        let err = spec.validate().expect_err("empty");
+        assert!(err.to_string().contains("not an empty string"), "{err}");
+        spec.func_gpu = Some("80GB".into());
+        let err = spec.validate().expect_err("only memory");
+        assert!(
+            err.to_string().contains("names only a memory size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The wire contract between fleetmap's client, coordinator, node daemon and worker.
 //!
 //! Two planes, both described in `docs/protocol.md`:
-//! - the control plane: serde types carried as JSON ([`job`], [`node`], [`worker`], [`error`]);
+//! - the control plane: serde types carried as JSON ([`job`], [`node`], [`worker`], [`error`]),
+//!   and what `func_gpu` means ([`gpu`]: the model-name matching rules daemon and coordinator share);
 //! - the data plane: length-prefixed binary frames ([`frame`]) whose bodies carry item batches
 //!   ([`batch`]), failures ([`failure`]) and captured output ([`output`]).
 //!
@@ -12,6 +13,7 @@ pub mod batch;
 pub mod error;
 pub mod failure;
 pub mod frame;
+pub mod gpu;
 pub mod job;
 pub mod node;
 pub mod output;
@@ -21,8 +23,9 @@ pub use batch::{BatchError, BatchView, Item, ItemBatch};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use failure::{Failure, FailureInfo, FailureKind};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, DEFAULT_MAX_FRAME_BYTES};
+pub use gpu::{describe_models, GpuModel, GpuModelError};
 pub use job::{EnvSpec, JobEnd, JobProgress, JobSpec, JobState, JobStatus, SpecError};
-pub use node::{GpuInfo, HeartbeatAnswer, NodeInfo, NodeRegistration, NodeView, PoolInfo};
+pub use node::{GpuInfo, HeartbeatAnswer, MigMode, NodeInfo, NodeRegistration, NodeView, PoolInfo};
 pub use output::{Output, OutputStream};
 pub use worker::{Assignment, WorkerHello, WorkerReady, ZygoteCommand, ZygoteEvent};
 

@@ -2,8 +2,21 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether a GPU is split into MIG instances (NVML's current MIG mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigMode {
+    /// The GPU has no MIG support (or NVML cannot tell).
+    #[default]
+    Unsupported,
+    /// MIG-capable, not partitioned: handed out as a whole GPU.
+    Disabled,
+    /// Partitioned into MIG instances: listed, never handed out as a whole GPU.
+    Enabled,
+}
+
 /// One GPU a node holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     /// NVML index.
     pub index: u32,
@@ -16,6 +29,12 @@ pub struct GpuInfo {
     /// Whether an instance holds it now.
     #[serde(default)]
     pub in_use: bool,
+    /// MIG mode; a GPU with MIG enabled is never handed out whole.
+    #[serde(default)]
+    pub mig: MigMode,
+    /// The slot (instance) holding it, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_id: Option<String>,
 }
 
 /// The warm pool of idle workers.

@@ -1,5 +1,7 @@
 //! Daemon ↔ worker control types: the zygote's JSON lines and the worker's JSON frames.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// First frame a worker sends (`HELLO`).
@@ -26,6 +28,10 @@ pub struct Assignment {
     pub ram_bytes: u64,
     /// File of 16 bytes the worker writes `index+1` and the start time into per input.
     pub progress_path: String,
+    /// Environment variables the worker sets (`os.environ`) before it loads the function,
+    /// e.g. `CUDA_VISIBLE_DEVICES` for the slot's GPU.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// A worker that has loaded the function (`READY`), with its limits as seen from inside.

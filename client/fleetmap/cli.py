@@ -85,14 +85,39 @@ def cmd_status(args: argparse.Namespace) -> int:
             n.get("python_version"),
             f"{n.get('free_cpus')}/{n.get('cpus')}",
             f"{_gib(n.get('free_ram_bytes'))}/{_gib(n.get('ram_bytes'))}",
-            len(n.get("gpus") or []),
+            _gpus_free(n.get("gpus") or []),
             n.get("instances"),
             n.get("jobs"),
         )
         for n in nodes
     ]
-    print(_table(rows, ("node", "state", "address", "runtime", "python", "cpus free", "ram free", "gpus", "instances", "jobs")))
+    print(_table(rows, ("node", "state", "address", "runtime", "python", "cpus free", "ram free", "gpus free", "instances", "jobs")))
+    gpu_rows = [
+        (
+            n.get("node_id"),
+            g.get("index"),
+            g.get("name"),
+            _gib(g.get("memory_bytes")),
+            g.get("uuid"),
+            "mig" if g.get("mig") == "enabled" else "",
+            f"slot {g.get('slot_id')}" if g.get("in_use") else "free",
+        )
+        for n in nodes
+        for g in (n.get("gpus") or [])
+    ]
+    if gpu_rows:
+        print()
+        print(_table(gpu_rows, ("node", "gpu", "model", "memory", "uuid", "mig", "use")))
     return 0
+
+
+def _gpus_free(gpus: list) -> str:
+    """``free/total`` whole GPUs a node can hand out (MIG-enabled ones are never handed out)."""
+    if not gpus:
+        return "0"
+    whole = [g for g in gpus if g.get("mig") != "enabled"]
+    free = sum(1 for g in whole if not g.get("in_use"))
+    return f"{free}/{len(whole)}"
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
-//! CPU/RAM slots for instances: the sandbox crate's allocator, plus a wake-up for jobs that
-//! wait for a slot to be released.
+//! CPU/RAM/GPU slots for instances: the sandbox crate's allocator, plus a wake-up for jobs
+//! that wait for a slot to be released (or for GPUs to appear in a re-read inventory).
 
-use agent_proto::JobSpec;
-use fleetmap_sandbox::{Inventory, SandboxError, Slot, SlotAllocator, SlotRequest};
+use agent_proto::{GpuInfo, GpuModel, JobSpec};
+use fleetmap_sandbox::{GpuDevice, Inventory, SandboxError, Slot, SlotAllocator, SlotRequest};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -22,22 +22,42 @@ impl Capacity {
         }
     }
 
-    /// What one instance of `spec` needs.
+    /// What one instance of `spec` needs. A `func_gpu` that names no model (which
+    /// `JobSpec::validate` refuses before this is called) asks for no GPU.
     pub fn request(spec: &JobSpec) -> SlotRequest {
         SlotRequest {
             cpus: spec.func_cpu,
             ram_bytes: spec.ram_bytes(),
+            gpu: spec
+                .func_gpu
+                .as_deref()
+                .and_then(|model| GpuModel::parse(model).ok()),
         }
     }
 
     /// Whether one instance of this size could ever run here; the error is the allocator's
     /// sentence saying what to change.
-    pub fn fits_ever(&self, request: SlotRequest) -> Result<(), SandboxError> {
+    pub fn fits_ever(&self, request: &SlotRequest) -> Result<(), SandboxError> {
         self.allocator.fits_ever(request)
     }
 
+    /// Replaces the GPU list with a fresh inventory read; wakes waiting jobs when it changed
+    /// (a GPU may have come back).
+    pub fn set_gpus(&self, gpus: Vec<GpuDevice>) -> bool {
+        let changed = self.allocator.set_gpus(gpus);
+        if changed {
+            self.freed.notify_waiters();
+        }
+        changed
+    }
+
+    /// The node's GPUs and the slot holding each.
+    pub fn gpus(&self) -> Vec<GpuInfo> {
+        self.allocator.gpus()
+    }
+
     /// A slot now, or `None` when the node is full.
-    pub fn try_allocate(&self, request: SlotRequest) -> Option<Slot> {
+    pub fn try_allocate(&self, request: &SlotRequest) -> Option<Slot> {
         match self.allocator.allocate(request) {
             Ok(slot) => slot,
             Err(err) => {

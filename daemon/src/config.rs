@@ -37,8 +37,23 @@ pub struct Config {
     /// Network mode of worker containers: `bridge` (own namespace, NAT; functions can reach
     /// the network) or `none`. Never `host`.
     pub container_network: String,
+    /// Where the node's GPUs are read from.
+    pub gpus: GpuSource,
+    /// How often the GPU inventory is read again.
+    pub gpu_refresh: Duration,
     /// Bounds on memory and concurrency.
     pub limits: Limits,
+}
+
+/// Where the daemon reads its GPUs from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GpuSource {
+    /// NVML, loaded at run time (no library or no GPU: no GPUs). What every real node uses.
+    #[default]
+    Nvml,
+    /// TEST ONLY: the GPUs listed (`NAME:MEMORY_MIB[:mig],…`), for black-box and end-to-end
+    /// tests on machines without a GPU. Instances get GPU variables but no device.
+    TestOnlyFake(String),
 }
 
 /// Which [`crate::runtime::Runtime`] the daemon uses.
@@ -73,6 +88,8 @@ impl Config {
             runtime: RuntimeKind::Process,
             docker_image: "fleetmap/base:1".to_string(),
             container_network: "bridge".to_string(),
+            gpus: GpuSource::Nvml,
+            gpu_refresh: Duration::from_secs(30),
             limits: Limits::default(),
         }
     }

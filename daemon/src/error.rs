@@ -25,6 +25,9 @@ pub enum DaemonError {
     /// The worker runtime could not start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The GPU inventory could not be opened (a bad `--test-only-fake-gpus` list).
+    #[error("gpu inventory: {0}")]
+    Gpu(String),
     /// The listener failed.
     #[error("listener: {0}")]
     Listener(std::io::Error),

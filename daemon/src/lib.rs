@@ -6,7 +6,8 @@
 //! - [`runtime`]: the narrow `Runtime` trait instances run on, its `process` implementation
 //!   (a zygote forking warm Python workers into per-slot cgroups) and its `docker` one (warm
 //!   worker containers);
-//! - [`capacity`]: CPU/RAM slots from the sandbox crate's allocator;
+//! - [`capacity`]: CPU/RAM/GPU slots from the sandbox crate's allocator;
+//! - [`gpus`]: the GPU inventory (NVML, or a test-only list) read into the allocator;
 //! - [`coordinator`]: registration and heartbeats;
 //! - [`server`]: the accept loop, startup and graceful shutdown.
 //!
@@ -18,12 +19,13 @@ pub mod config;
 pub mod conn;
 pub mod coordinator;
 pub mod error;
+pub mod gpus;
 pub mod job;
 pub mod node;
 pub mod runtime;
 pub mod server;
 pub mod state;
 
-pub use config::{Config, Limits, RuntimeKind};
+pub use config::{Config, GpuSource, Limits, RuntimeKind};
 pub use error::DaemonError;
 pub use server::run;

@@ -69,6 +69,16 @@ struct Args {
     /// Jobs that may run at once; more get 429.
     #[arg(long, default_value_t = 64)]
     max_jobs: usize,
+    /// Seconds between two reads of the GPU inventory (NVML).
+    #[arg(long, default_value_t = 30)]
+    gpu_refresh_s: u64,
+    /// TEST ONLY: pretend this node has these GPUs instead of reading NVML
+    /// (`NAME:MEMORY_MIB[:mig]` entries separated by commas, e.g.
+    /// `NVIDIA H100 80GB HBM3:81559,NVIDIA H100 80GB HBM3:81559`). Instances get the
+    /// GPU variables and slots a real GPU would give them, but no device: for black-box and
+    /// end-to-end tests on machines without a GPU, never for real nodes.
+    #[arg(long, value_name = "LIST")]
+    test_only_fake_gpus: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -142,6 +152,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.docker_image = args.docker_image;
     config.limits.max_connections = args.max_connections.max(1);
     config.limits.max_jobs = args.max_jobs.max(1);
+    config.gpu_refresh = std::time::Duration::from_secs(args.gpu_refresh_s.max(1));
+    if let Some(list) = args.test_only_fake_gpus {
+        config.gpus = fleetmapd::GpuSource::TestOnlyFake(list);
+    }
     config.container_network = match args.container_network {
         NetworkArg::Bridge => "bridge".to_string(),
         NetworkArg::None => "none".to_string(),

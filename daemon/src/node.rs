@@ -23,6 +23,6 @@ pub fn info(daemon: &Daemon) -> NodeInfo {
         instances: u32::try_from(d.capacity.instances()).unwrap_or(u32::MAX),
         jobs: u32::try_from(d.registry.live_count()).unwrap_or(u32::MAX),
         pool: d.runtime.pool(),
-        gpus: Vec::new(),
+        gpus: d.capacity.gpus(),
     }
 }

@@ -71,6 +71,8 @@ pub async fn run(
         Ok(Err(err)) => warn!(cause = %err, "cannot remove what an earlier run left"),
         Err(err) => warn!(cause = %err, "stale cleanup task failed"),
     }
+    // Before any worker starts, so a bad test-only GPU list leaves nothing running.
+    let gpu_inventory = crate::gpus::open(&config.gpus, &config.node_id).await?;
     let pool_target = config.pool_target(inventory.cpus.len());
     let runtime = match config.runtime {
         RuntimeKind::Process => {
@@ -88,6 +90,9 @@ pub async fn run(
         }
     };
 
+    let capacity = Arc::new(Capacity::new(inventory));
+    crate::gpus::refresh(&gpu_inventory, &capacity).await;
+
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
     let base_url = format!("http://{local}");
     let daemon = Daemon::new(Inner {
@@ -95,7 +100,7 @@ pub async fn run(
         address: config.advertise.clone().unwrap_or_else(|| base_url.clone()),
         hostname: sysinfo::System::host_name().unwrap_or_default(),
         limits: config.limits.clone(),
-        capacity: Arc::new(Capacity::new(inventory)),
+        capacity: capacity.clone(),
         registry: Arc::new(Registry::new(
             config.limits.max_jobs,
             config.limits.finished_jobs_kept,
@@ -104,6 +109,12 @@ pub async fn run(
         progress_dir,
         shutdown: CancellationToken::new(),
     });
+    tokio::spawn(crate::gpus::keep_fresh(
+        gpu_inventory.clone(),
+        capacity,
+        config.gpu_refresh,
+        daemon.inner().shutdown.clone(),
+    ));
     if let Some(file) = &config.addr_file {
         write_atomically(file, &base_url)?;
     }
@@ -120,6 +131,8 @@ pub async fn run(
         python = %runtime.python_version(),
         cgroup = runtime.cgroup_flavor().as_str(),
         pool = pool_target,
+        gpus = daemon.inner().capacity.gpus().len(),
+        gpu_source = gpu_inventory.source(),
         "fleetmapd serving"
     );
 

@@ -613,6 +613,7 @@ class Worker:
         if frame is None or frame[0] == SHUTDOWN:
             return EXIT_OK
         self.progress = open_progress(assignment)
+        apply_environment(assignment)
         if not self._load_function(frame[1]):
             return EXIT_OK
         self.conn.send(READY, encode_json(ready_info()))
@@ -809,6 +810,22 @@ def open_progress(assignment: dict) -> mmap.mmap:
     except (OSError, ValueError) as exc:
         raise ProgressFileError("cannot map the %d-byte progress file %s: %s"
                                 % (PROGRESS_SIZE, path, exc))
+
+
+def apply_environment(assignment: dict) -> None:
+    """Set the ASSIGN frame's ``env`` variables (e.g. ``CUDA_VISIBLE_DEVICES`` for the slot's GPU).
+
+    This runs after the fork from the zygote and before the function is unpickled, so every
+    library the function imports (CUDA initialises lazily, on first use) sees them.
+    """
+    env = assignment.get("env")
+    if env is None:
+        return
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ProtocolError(ProtocolError.MALFORMED,
+                            "ASSIGN field env must map strings to strings")
+    os.environ.update(env)
 
 
 def ready_info() -> dict:

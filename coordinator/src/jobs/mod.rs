@@ -10,6 +10,7 @@
 mod admit;
 mod dispatch;
 mod finish;
+pub mod gpu;
 mod handle;
 pub mod inflight;
 mod inputs;

@@ -28,15 +28,12 @@ pub fn check_environment(spec: &JobSpec) -> Result<(), Error> {
     }
 }
 
-/// GPUs of the node whose model name contains the requested one (case-insensitive).
+/// GPUs of the node an instance of `model` may take (rules in `agent_proto::gpu`).
 fn matching_gpus<'a>(
     info: &'a NodeInfo,
     model: &'a str,
 ) -> impl Iterator<Item = &'a agent_proto::GpuInfo> + 'a {
-    let model = model.to_ascii_lowercase();
-    info.gpus
-        .iter()
-        .filter(move |gpu| gpu.name.to_ascii_lowercase().contains(&model))
+    super::gpu::matching(info, model)
 }
 
 /// Instances of the job the node could run when idle.
@@ -126,6 +123,7 @@ fn proportional(cap: u64, w: &[u64]) -> Vec<u64> {
 /// Places the job on the live nodes: every node that can run one instance (and has the client's
 /// Python) takes a share; the error names what the fleet offers when none can.
 pub fn place(spec: &JobSpec, nodes: &[LiveNode]) -> Result<Vec<Placement>, Error> {
+    super::gpu::check_fleet(spec, nodes)?;
     let fitting: Vec<&LiveNode> = nodes
         .iter()
         .filter(|node| capacity(&node.info, spec) > 0)
@@ -387,6 +385,7 @@ mod tests {
                 name: "NVIDIA H100 80GB HBM3".into(),
                 memory_bytes: 80 << 30,
                 in_use: false,
+                ..GpuInfo::default()
             },
             GpuInfo {
                 index: 1,
@@ -394,6 +393,7 @@ mod tests {
                 name: "NVIDIA H100 80GB HBM3".into(),
                 memory_bytes: 80 << 30,
                 in_use: true,
+                ..GpuInfo::default()
             },
         ];
         let placed = place(&s, &nodes).expect("fits");

@@ -25,9 +25,6 @@ pub enum AdmitError {
         /// The workers' `major.minor`.
         node_minor: String,
     },
-    /// The job wants a GPU and this node has none.
-    #[error("func_gpu={0:?} needs a GPU but this node has none; leave func_gpu unset or add a node with that GPU")]
-    Gpu(String),
     /// One instance can never fit this node.
     #[error("{0}")]
     DoesNotFit(String),
@@ -58,11 +55,8 @@ pub fn check(spec: &JobSpec, worker_python: &str, capacity: &Capacity) -> Result
             });
         }
     }
-    if let Some(gpu) = &spec.func_gpu {
-        return Err(AdmitError::Gpu(gpu.clone()));
-    }
     capacity
-        .fits_ever(Capacity::request(spec))
+        .fits_ever(&Capacity::request(spec))
         .map_err(|e| AdmitError::DoesNotFit(e.to_string()))
 }
 
@@ -122,5 +116,33 @@ mod tests {
         let text = err.to_string();
         assert_eq!(text.matches(';').count(), 1);
         assert!(!text.ends_with('.'));
+    }
+
+    #[test]
+    fn gpu_jobs_need_a_gpu_of_that_model_here() {
+        let cap = capacity();
+        let mut spec = JobSpec::new("j");
+        spec.func_gpu = Some("H100".into());
+        let text = check(&spec, "3.11.7", &cap)
+            .expect_err("no gpus")
+            .to_string();
+        assert_eq!(
+            text,
+            "no GPU on this node matches func_gpu=\"H100\"; this node has no GPUs; change func_gpu or add a node with that GPU"
+        );
+        cap.set_gpus(vec![fleetmap_sandbox::GpuDevice {
+            index: 0,
+            uuid: "GPU-0".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            memory_bytes: 81559 << 20,
+            mig: agent_proto::MigMode::Disabled,
+            minor: Some(0),
+        }]);
+        check(&spec, "3.11.7", &cap).expect("an H100 is here");
+        spec.func_gpu = Some("80GB".into());
+        assert!(matches!(
+            check(&spec, "3.11.7", &cap),
+            Err(AdmitError::Spec(_))
+        ));
     }
 }

@@ -191,6 +191,7 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
             cpus: slot.cpus.clone(),
             ram_bytes: slot.ram_bytes,
             progress_path: w.progress.path().display().to_string(),
+            env: gpu_env(slot),
         },
     );
     let function = Frame::new(FrameKind::Function, job.function().clone());
@@ -231,6 +232,20 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT + 1);
     let writer_task = tokio::spawn(write_chunks(writer, rx));
     w.run(reader, tx, writer_task, in_flight, sizer).await
+}
+
+/// The variables that show the slot's GPU, and only it, to CUDA and to NVIDIA's container
+/// tooling: both name it by UUID (stable, unlike indices, which CUDA may order differently
+/// from NVML). The worker sets them after its fork from the zygote and before it loads the
+/// function, so CUDA (initialised lazily) never sees another GPU.
+pub fn gpu_env(slot: &Slot) -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::new();
+    if let Some(gpu) = &slot.gpu {
+        for name in ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"] {
+            env.insert(name.to_owned(), gpu.device.uuid.clone());
+        }
+    }
+    env
 }
 
 /// Why waiting for READY ended without it.

@@ -104,7 +104,7 @@ fn start_instances(
     let wanted = job.wanted_instances();
     let request = Capacity::request(job.spec());
     while (instances.len() as u64) < wanted {
-        let Some(slot) = ctx.capacity.try_allocate(request) else {
+        let Some(slot) = ctx.capacity.try_allocate(&request) else {
             return true;
         };
         instances.spawn(instance::run(Instance {

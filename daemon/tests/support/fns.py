@@ -86,7 +86,64 @@ def container_limits(x):
                        "pid": os.getpid(), "uid": os.getuid()})
 
 
+def gpu_env(x):
+    """The GPU this instance sees, and when it ran (for exclusivity checks across instances)."""
+    start = time.time()
+    time.sleep(0.2)
+    return json.dumps({"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                       "nvidia": os.environ.get("NVIDIA_VISIBLE_DEVICES"),
+                       "pid": os.getpid(), "start": start, "end": time.time()})
+
+
+def cuda_view(x):
+    """What CUDA itself sees from inside the instance (through libcuda, no Python packages):
+    the number of devices and their UUIDs, plus ``nvidia-smi -L`` (NVML's view, which ignores
+    CUDA_VISIBLE_DEVICES) for the record."""
+    import ctypes
+    import subprocess
+    view = {"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "count": None, "uuids": [], "error": None}
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        status = cuda.cuInit(0)
+        if status != 0:
+            raise RuntimeError("cuInit returned %d" % status)
+        count = ctypes.c_int()
+        cuda.cuDeviceGetCount(ctypes.byref(count))
+        view["count"] = count.value
+        for ordinal in range(count.value):
+            device = ctypes.c_int()
+            cuda.cuDeviceGet(ctypes.byref(device), ordinal)
+            raw = (ctypes.c_ubyte * 16)()
+            cuda.cuDeviceGetUuid(raw, device)
+            h = bytes(raw).hex()
+            view["uuids"].append("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+    except Exception as exc:  # reported to the test, which fails with it
+        view["error"] = "%s: %s" % (type(exc).__name__, exc)
+    try:
+        view["smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                     timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        view["smi"] = "nvidia-smi failed: %s" % exc
+    return json.dumps(view)
+
+
 def make(name, arg):
+    if name == "open_devices":
+        directory = arg
+
+        def open_devices(x):
+            """errno (0 when it opened) of opening each device node in ``directory``."""
+            import errno as errno_names
+            seen = {}
+            for entry in sorted(os.listdir(directory)):
+                try:
+                    os.close(os.open(os.path.join(directory, entry), os.O_RDWR))
+                    seen[entry] = "ok"
+                except OSError as exc:
+                    seen[entry] = errno_names.errorcode.get(exc.errno, str(exc.errno))
+            seen["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return json.dumps(seen)
+        return open_devices
     if name == "flaky_4":
         marker = arg
 

@@ -229,7 +229,9 @@ pub fn child_cgroups(parent: &str) -> Vec<PathBuf> {
 
 /// Removes a test's (empty) cgroup parent and its `fleetmap-test` ancestor if empty.
 pub fn remove_cgroup_parent(parent: &str) {
-    for controller in ["cpuset", "memory", "cpu", "cpuacct", "pids", "unified", ""] {
+    for controller in [
+        "cpuset", "memory", "devices", "cpu", "cpuacct", "pids", "unified", "",
+    ] {
         let base = Path::new("/sys/fs/cgroup").join(controller);
         let _ = std::fs::remove_dir(base.join(parent));
         if let Some(up) = Path::new(parent).parent() {

@@ -296,6 +296,42 @@ def test_function_that_fails_to_unpickle_is_a_function_load_failure(zygote, sock
     assert zygote.wait_exit(conn.pid)["exit_code"] == 0
 
 
+class EnvAtLoad:
+    """A callable that records, while it is unpickled, what CUDA_VISIBLE_DEVICES was then."""
+
+    def __init__(self):
+        self.seen_at_load = None
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.seen_at_load = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    def __call__(self, name):
+        return (self.seen_at_load, os.environ.get(name))
+
+
+def test_assignment_env_is_set_before_the_function_loads(zygote, sock_dir):
+    conn = zygote.spawn_worker()
+    uuid = "GPU-6c7bd1bd-1d5f-4a8c-a5a4-0b4bb3c2f2a1"
+    conn.assign(cloudpickle.dumps(EnvAtLoad()), sock_dir,
+                env={"CUDA_VISIBLE_DEVICES": uuid, "NVIDIA_VISIBLE_DEVICES": uuid})
+    conn.expect_ready()
+    got = conn.run(pickled(["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"])).results
+    assert got == {0: (uuid, uuid), 1: (uuid, uuid)}
+    # The zygote's environment is untouched: the next worker starts without the variable.
+    other = zygote.spawn_worker()
+    other.start(cloudpickle.dumps(EnvAtLoad()), sock_dir)
+    assert other.run(pickled(["CUDA_VISIBLE_DEVICES"])).results == {0: (None, None)}
+
+
+def test_assignment_env_that_is_not_strings_is_a_protocol_error(zygote, sock_dir):
+    conn = zygote.spawn_worker()
+    conn.assign(cloudpickle.dumps(double), sock_dir, env={"CUDA_VISIBLE_DEVICES": 0})
+    assert conn.read_until_eof() == []
+    assert zygote.wait_exit(conn.pid)["exit_code"] == harness.EXIT_PROTOCOL
+    assert "ASSIGN field env must map strings to strings" in zygote.stderr_text()
+
+
 def test_payload_that_is_not_callable_is_a_function_load_failure(zygote, sock_dir):
     conn = zygote.spawn_worker()
     conn.assign(cloudpickle.dumps([1, 2, 3]), sock_dir)

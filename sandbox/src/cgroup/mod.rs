@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::error::SandboxError;
 use crate::DEFAULT_PROC_ROOT;
 
+mod devices;
 mod files;
 mod hierarchy;
 mod kill;
@@ -19,6 +20,7 @@ pub mod none;
 pub mod v1;
 pub mod v2;
 
+pub use devices::CharDevice;
 pub use files::{format_cpu_list, parse_cpu_list};
 pub use none::NoneCgroups;
 pub use v1::V1Cgroups;
@@ -143,6 +145,26 @@ pub trait SlotCgroups: Send + Sync + std::fmt::Debug {
     /// daemon that stops cleanly leaves nothing on the host.
     fn remove_all(&self) -> Result<CleanupReport, SandboxError> {
         self.cleanup_stale()
+    }
+
+    /// Denies the slot's processes the character devices in `deny` (a GPU slot: the node's
+    /// other GPUs), moving `pid` into the slot's device cgroup. `Ok(false)` when this flavour
+    /// cannot restrict devices (v2 needs an eBPF program, `None` has no cgroups): the caller
+    /// then relies on `CUDA_VISIBLE_DEVICES` alone. See `devices.rs` for the rules written.
+    fn restrict_devices(
+        &self,
+        slot_id: &str,
+        pid: u32,
+        deny: &[CharDevice],
+    ) -> Result<bool, SandboxError> {
+        let _ = (slot_id, pid, deny);
+        Ok(false)
+    }
+
+    /// Removes the slot's device cgroup made by [`SlotCgroups::restrict_devices`], if any.
+    fn remove_devices(&self, slot_id: &str) -> Result<(), SandboxError> {
+        let _ = slot_id;
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Cgroup v1: a `cpuset` and a `memory` cgroup per slot, in the legacy per-controller
-//! hierarchies mounted at `<root>/cpuset` and `<root>/memory`.
+//! hierarchies mounted at `<root>/cpuset` and `<root>/memory`; for GPU slots also a `devices`
+//! cgroup at `<root>/devices` where that controller is mounted (see `devices.rs`).
 //!
 //! Everything lives at `<root>/<controller>/<parent>/…`, i.e. from the hierarchy's root,
 //! not below the calling process's own cgroup. Cgroups are created, limited, joined and
@@ -13,6 +14,7 @@ use cgroups_rs::memory::MemController;
 use cgroups_rs::{Cgroup, CgroupPid};
 use tracing::{debug, info, warn};
 
+use super::devices::{CharDevice, DevicesV1};
 use super::files::{self, POOL_DIR};
 use super::hierarchy::{no_controller, RootedHierarchy};
 use super::kill::{kill_until_empty, sigkill_each};
@@ -24,6 +26,8 @@ use crate::error::SandboxError;
 pub struct V1Cgroups {
     hier: RootedHierarchy,
     parent: PathBuf,
+    /// The devices controller, when mounted under the root (GPU slots only).
+    devices: Option<DevicesV1>,
 }
 
 impl V1Cgroups {
@@ -53,6 +57,7 @@ impl V1Cgroups {
         let this = Self {
             hier: RootedHierarchy::v1(&config.root),
             parent: PathBuf::from(&config.parent),
+            devices: DevicesV1::find(&config.root, Path::new(&config.parent)),
         };
         this.ensure(&this.parent)?;
         info!(root = %config.root.display(), parent = %config.parent, "cgroup v1 parent ready");
@@ -222,7 +227,29 @@ impl SlotCgroups for V1Cgroups {
         Ok(())
     }
 
+    fn restrict_devices(
+        &self,
+        slot_id: &str,
+        pid: u32,
+        deny: &[CharDevice],
+    ) -> Result<bool, SandboxError> {
+        match &self.devices {
+            Some(devices) => devices.restrict(slot_id, pid, deny).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    fn remove_devices(&self, slot_id: &str) -> Result<(), SandboxError> {
+        match &self.devices {
+            Some(devices) => devices.remove(slot_id),
+            None => Ok(()),
+        }
+    }
+
     fn remove_all(&self) -> Result<CleanupReport, SandboxError> {
+        if let Some(devices) = &self.devices {
+            devices.remove_below(true)?;
+        }
         let report = self
             .hier
             .remove_all(&self.parent, |_, pids| sigkill_each(pids))?;
@@ -231,6 +258,9 @@ impl SlotCgroups for V1Cgroups {
     }
 
     fn cleanup_stale(&self) -> Result<CleanupReport, SandboxError> {
+        if let Some(devices) = &self.devices {
+            devices.remove_below(false)?;
+        }
         let report = self
             .hier
             .cleanup_below(&self.parent, |_, pids| sigkill_each(pids))?;

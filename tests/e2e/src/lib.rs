@@ -58,8 +58,13 @@ impl Cluster {
 
     /// Starts one more daemon and waits until the coordinator lists it alive.
     pub async fn add_daemon(&mut self) -> Result<&Daemon> {
+        self.add_daemon_with(&[]).await
+    }
+
+    /// Like [`Cluster::add_daemon`], with extra `fleetmapd` flags.
+    pub async fn add_daemon_with(&mut self, extra: &[&str]) -> Result<&Daemon> {
         let node_id = procs::unique("node");
-        let daemon = Daemon::start(self.dir.path(), &self.coordinator.url, &node_id)?;
+        let daemon = Daemon::start_with(self.dir.path(), &self.coordinator.url, &node_id, extra)?;
         self.daemons.push(daemon);
         self.wait_alive(&node_id, Duration::from_secs(20)).await?;
         self.daemons

@@ -212,6 +212,16 @@ impl Daemon {
     /// Starts one named `node_id`, with its state in `dir/<node_id>`, registering with
     /// `coordinator`.
     pub fn start(dir: &Path, coordinator: &str, node_id: &str) -> Result<Self> {
+        Self::start_with(dir, coordinator, node_id, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `fleetmapd` flags.
+    pub fn start_with(
+        dir: &Path,
+        coordinator: &str,
+        node_id: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let state = dir.join(node_id);
         std::fs::create_dir_all(&state)?;
         let addr = state.join("daemon.addr");
@@ -222,7 +232,8 @@ impl Daemon {
             .args(["--coordinator", coordinator, "--node-id", node_id])
             .arg("--state-dir")
             .arg(state.join("state"))
-            .args(["--worker-python", "python3"]);
+            .args(["--worker-python", "python3"])
+            .args(extra);
         let mut proc = Proc::spawn("fleetmapd", command, state.join("daemon.log"))?;
         let url = wait_addr(&mut proc, &addr, Duration::from_secs(20))?;
         Ok(Self {

@@ -127,3 +127,25 @@ print(checked)
         .parse()
         .with_context(|| format!("python printed {text:?}"))
 }
+
+/// Unpickles each result in Python; each must be a `str` holding JSON, returned parsed (in the
+/// order given).
+pub fn results_as_json(results: &[(u64, Bytes)]) -> Result<Vec<serde_json::Value>> {
+    let mut wire = Vec::new();
+    for (_, payload) in results {
+        wire.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        wire.extend_from_slice(payload);
+    }
+    let script = r#"
+import sys, struct, pickle, json
+data = sys.stdin.buffer.read()
+pos = 0
+out = []
+while pos < len(data):
+    (n,) = struct.unpack_from("<I", data, pos); pos += 4
+    out.append(json.loads(pickle.loads(data[pos:pos + n]))); pos += n
+print(json.dumps(out))
+"#;
+    let out = python(script, &wire)?;
+    serde_json::from_slice(&out).context("python printed no JSON list")
+}

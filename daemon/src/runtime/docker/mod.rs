@@ -19,8 +19,12 @@
 //!   OOM kill of the slot, whatever the exit code.
 //! - At start, containers labelled with this node id (an earlier run's) are removed; at
 //!   shutdown, every container of this run.
+//! - GPU slots do not take a warm container: a GPU reaches a container only through a device
+//!   request at create time, so a container is created for the slot when it is acquired,
+//!   with its limits and a device request for its GPU's UUID (`gpu.rs`).
 
 mod cgroup;
+mod gpu;
 mod spec;
 
 use std::collections::HashMap;
@@ -370,6 +374,23 @@ async fn start_one(inner: &Arc<Inner>) -> Result<(), RuntimeError> {
         &inner.run_id,
         &inner.all_cpus,
     );
+    let (id, worker) = launch(inner, name, body).await?;
+    let pid = worker.pid;
+    debug!(container = %id, pid, "warm container joined the pool");
+    if let Err(worker) = inner.pool.push(worker) {
+        drop(worker);
+        remove(&inner.docker, &id).await;
+    }
+    Ok(())
+}
+
+/// Creates and starts a container from `body` and waits for its worker's HELLO; returns the
+/// container id and its connected, idle worker.
+async fn launch(
+    inner: &Arc<Inner>,
+    name: String,
+    body: bollard::models::ContainerCreateBody,
+) -> Result<(String, IdleWorker), RuntimeError> {
     let options = CreateContainerOptions {
         name: Some(name),
         ..Default::default()
@@ -446,12 +467,7 @@ async fn start_one(inner: &Arc<Inner>) -> Result<(), RuntimeError> {
             }
         },
     };
-    debug!(container = %id, pid, "warm container joined the pool");
-    if let Err(worker) = inner.pool.push(IdleWorker { pid, conn, exit }) {
-        drop(worker);
-        remove(docker, &id).await;
-    }
-    Ok(())
+    Ok((id, IdleWorker { pid, conn, exit }))
 }
 
 /// Waits for a container to stop, publishes how it ended (OOM kills counted for its slot
@@ -618,6 +634,9 @@ impl Runtime for DockerRuntime {
     fn acquire<'a>(&'a self, slot: &'a Slot) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
         async move {
             let inner = &self.inner;
+            if let Some(gpu) = &slot.gpu {
+                return gpu::acquire(inner, slot, gpu).await;
+            }
             let update = spec::slot_update(&slot.limits());
             loop {
                 let idle = inner

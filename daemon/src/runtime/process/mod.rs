@@ -13,6 +13,7 @@
 //! against the socket's peer credentials).
 
 mod exits;
+mod gpu;
 pub(crate) mod pool;
 mod priority;
 mod spares;
@@ -461,7 +462,10 @@ impl Runtime for ProcessRuntime {
                 if inner.niced.load(Ordering::Relaxed) {
                     priority::raise(idle.pid);
                 }
-                match self.place(slot, &limits, idle.pid) {
+                let placed = self
+                    .place(slot, &limits, idle.pid)
+                    .and_then(|()| gpu::fence(inner.cgroups.as_ref(), slot, idle.pid));
+                match placed {
                     Ok(()) => {
                         return Ok(Worker {
                             pid: idle.pid,
@@ -508,7 +512,15 @@ impl Runtime for ProcessRuntime {
         let cgroups = self.inner.cgroups.clone();
         let name = self.inner.spares.unbind(&slot_id);
         async move {
-            match tokio::task::spawn_blocking(move || cgroups.remove_slot(&name)).await {
+            let id = slot_id.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                let removed = cgroups.remove_slot(&name);
+                if let Err(err) = cgroups.remove_devices(&id) {
+                    warn!(slot = %id, cause = %err, "cannot remove the slot's device cgroup");
+                }
+                removed
+            });
+            match removed.await {
                 Ok(Ok(())) => debug!(slot = %slot_id, "slot removed"),
                 Ok(Err(err)) => {
                     warn!(slot = %slot_id, cause = %err, "cannot remove the slot's cgroup")
