@@ -25,6 +25,9 @@ pub enum DaemonError {
     /// The worker runtime could not start.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The environment cache could not start.
+    #[error("environment cache: {0}")]
+    Env(#[from] crate::env::EnvError),
     /// The listener failed.
     #[error("listener: {0}")]
     Listener(std::io::Error),

@@ -6,6 +6,7 @@
 //! - [`runtime`]: the narrow `Runtime` trait instances run on, its `process` implementation
 //!   (a zygote forking warm Python workers into per-slot cgroups) and its `docker` one (warm
 //!   worker containers);
+//! - [`env`]: the environment cache (images and venvs by content hash, single-flight builds);
 //! - [`capacity`]: CPU/RAM slots from the sandbox crate's allocator;
 //! - [`coordinator`]: registration and heartbeats;
 //! - [`server`]: the accept loop, startup and graceful shutdown.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod capacity;
 pub mod config;
 pub mod coordinator;
+pub mod env;
 pub mod error;
 pub mod job;
 pub mod node;
