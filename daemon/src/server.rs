@@ -230,6 +230,7 @@ async fn start_runtime(
                 .map_err(|e| EnvError::Node(format!("connect to the docker engine: {e}")))?;
             let builder = DockerBuilder::new(
                 engine.docker().clone(),
+                config.node_id.clone(),
                 config.docker_image.clone(),
                 main.python_version(),
                 worker_sha,

@@ -18,6 +18,7 @@ use agent_proto::{
 };
 use base64::Engine as _;
 use fleetmap_sandbox::CgroupMode;
+use fleetmapd::env::docker_build::LABEL_ENV_NODE;
 use fleetmapd::{Config, RuntimeKind};
 use support::{function, run_job, spec, TestDaemon};
 
@@ -101,6 +102,34 @@ fn dockerfile(content: &str, files: &[(&str, &[u8])]) -> EnvSpec {
     }
 }
 
+/// Stops the daemon and removes the images it built (they outlive it by design).
+async fn stop_docker(daemon: TestDaemon) {
+    let node = daemon.node_id.clone();
+    daemon.stop().await;
+    let engine = fleetmap_base_image::Engine::connect()
+        .await
+        .expect("engine");
+    let docker = engine.docker();
+    let options = bollard::query_parameters::ListImagesOptions {
+        filters: Some(std::collections::HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_ENV_NODE}={node}")],
+        )])),
+        ..Default::default()
+    };
+    for image in docker
+        .list_images(Some(options))
+        .await
+        .expect("list images")
+    {
+        let options = bollard::query_parameters::RemoveImageOptions {
+            force: true,
+            ..Default::default()
+        };
+        let _ = docker.remove_image(&image.id, Some(options), None).await;
+    }
+}
+
 /// A fresh tag so that no earlier test run's image is reused.
 fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -174,7 +203,7 @@ async fn a_dockerfile_is_built_once_per_content_hash() {
     let after = envs(&daemon).await;
     assert_eq!(after.counters.builds, 3, "{after:?}");
     assert_eq!(after.entries.len(), 3);
-    daemon.stop().await;
+    stop_docker(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -201,7 +230,7 @@ async fn concurrent_jobs_with_the_same_new_dockerfile_share_one_build() {
     let info = envs(&daemon).await;
     assert_eq!(info.counters.builds, 1, "one build for both: {info:?}");
     assert_eq!(info.counters.shared, 1, "{info:?}");
-    daemon.stop().await;
+    stop_docker(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -261,7 +290,7 @@ async fn a_failing_dockerfile_fails_its_job_before_any_input_and_the_daemon_keep
             || message.contains("no python3 that can import cloudpickle"),
         "{message}"
     );
-    daemon.stop().await;
+    stop_docker(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -285,7 +314,7 @@ async fn packages_install_exactly_the_list_in_an_image() {
     let info = envs(&daemon).await;
     assert_eq!(info.counters.builds, 1, "{info:?}");
     assert_eq!(info.entries[0].kind, "packages");
-    daemon.stop().await;
+    stop_docker(daemon).await;
 }
 
 async fn start_process(name: &str, tweak: impl FnOnce(&mut Config)) -> TestDaemon {

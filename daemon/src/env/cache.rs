@@ -56,6 +56,9 @@ pub trait Builder: Send + Sync + Debug {
     fn exists<'a>(&'a self, entry: &'a IndexEntry) -> BoxFuture<'a, bool>;
     /// Removes a built environment.
     fn remove<'a>(&'a self, entry: &'a IndexEntry) -> BoxFuture<'a, ()>;
+    /// Removes environments of this node the index does not list (an earlier run that died
+    /// between building and indexing, or whose index was lost); returns how many.
+    fn remove_unindexed<'a>(&'a self, indexed: &'a [IndexEntry]) -> BoxFuture<'a, usize>;
     /// What the runtime needs to run in a built environment.
     fn target(&self, entry: &IndexEntry) -> EnvTarget;
 }
@@ -193,6 +196,14 @@ impl EnvCache {
                 "indexed environments are gone; forgot them"
             );
             index.save();
+        }
+        let indexed: Vec<IndexEntry> = index.entries.values().cloned().collect();
+        let orphans = builder.remove_unindexed(&indexed).await;
+        if orphans > 0 {
+            info!(
+                removed = orphans,
+                "removed environments the index did not list"
+            );
         }
         info!(
             environments = index.entries.len(),

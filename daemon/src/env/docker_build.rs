@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use bollard::errors::Error as BollardError;
-use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptions};
+use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptions, RemoveImageOptions};
 use bollard::Docker;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -27,6 +27,8 @@ use super::{EnvError, EnvTarget};
 pub const IMAGE_REPOSITORY: &str = "fleetmap-env";
 /// Label holding an image's environment key.
 pub const LABEL_ENV_KEY: &str = "org.fleetmap.env-key";
+/// Label naming the node whose daemon built the image.
+pub const LABEL_ENV_NODE: &str = "org.fleetmap.env-node";
 /// Marker the probe step prints before the image's Python version.
 const PROBE_MARK: &str = "fleetmap-probe python";
 /// Builds that may drop uninstallable requirements of a clone and retry.
@@ -39,12 +41,14 @@ pub struct DockerBuilder {
     base_image: String,
     key_base: KeyBase,
     ca_bundle: Option<Vec<u8>>,
+    node_id: String,
 }
 
 impl DockerBuilder {
     /// A builder on top of `base_image` (its id goes into every key).
     pub async fn new(
         docker: Docker,
+        node_id: String,
         base_image: String,
         python: String,
         worker_sha: String,
@@ -66,6 +70,7 @@ impl DockerBuilder {
             },
             base_image,
             ca_bundle,
+            node_id,
         })
     }
 
@@ -87,7 +92,10 @@ impl DockerBuilder {
         );
         let archive = self.context_archive(&dockerfile, context)?;
         let tag = Self::tag(key);
-        let labels = HashMap::from([(LABEL_ENV_KEY.to_string(), key.to_string())]);
+        let labels = HashMap::from([
+            (LABEL_ENV_KEY.to_string(), key.to_string()),
+            (LABEL_ENV_NODE.to_string(), self.node_id.clone()),
+        ]);
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(recipe::DOCKERFILE_IN_CONTEXT)
             .t(&tag)
@@ -288,6 +296,44 @@ impl Builder for DockerBuilder {
             {
                 tracing::warn!(image = %entry.location, cause = %err, "cannot remove an environment image");
             }
+        }
+        .boxed()
+    }
+
+    fn remove_unindexed<'a>(&'a self, indexed: &'a [IndexEntry]) -> BoxFuture<'a, usize> {
+        async move {
+            let options = ListImagesOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{LABEL_ENV_NODE}={}", self.node_id)],
+                )])),
+                ..Default::default()
+            };
+            let Ok(images) = self.docker.list_images(Some(options)).await else {
+                return 0;
+            };
+            let mut removed = 0;
+            for image in images {
+                if indexed
+                    .iter()
+                    .any(|e| e.image_id.as_deref() == Some(image.id.as_str()))
+                {
+                    continue;
+                }
+                let options = RemoveImageOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                if self
+                    .docker
+                    .remove_image(&image.id, Some(options), None)
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            removed
         }
         .boxed()
     }

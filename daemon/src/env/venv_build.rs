@@ -366,6 +366,30 @@ impl Builder for VenvBuilder {
         .boxed()
     }
 
+    fn remove_unindexed<'a>(&'a self, indexed: &'a [IndexEntry]) -> BoxFuture<'a, usize> {
+        async move {
+            let mut removed = 0;
+            let Ok(entries) = std::fs::read_dir(&self.root) else {
+                return 0;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                if !name.to_string_lossy().starts_with("venv-") {
+                    continue;
+                }
+                if indexed.iter().any(|e| Path::new(&e.location) == path) {
+                    continue;
+                }
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
+            }
+            removed
+        }
+        .boxed()
+    }
+
     fn target(&self, entry: &IndexEntry) -> EnvTarget {
         EnvTarget::Venv {
             key: entry.key.clone(),
