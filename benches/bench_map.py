@@ -1,7 +1,11 @@
 """fleetmap benchmark: remote_parallel_map on a local cluster vs multiprocessing.Pool and
 concurrent.futures.ProcessPoolExecutor, side by side on this machine, in one run.
 
-Usage: python3 benches/bench_map.py [--quick] [--json FILE]
+Usage: python3 benches/bench_map.py [--quick] [--json FILE] [--docker | --docker-only]
+
+``--docker`` adds the docker runtime (private local clusters with FLEETMAP_LOCAL_RUNTIME):
+trivial-map throughput beside the process runtime, and the first result of a new job whose
+Dockerfile image is cached.
 
 Each scenario prints the figure for every contender and fleetmap's ratio to each, plus the
 issue's target. This is a benchmark, not a test: it reports, it does not assert.
@@ -158,6 +162,78 @@ def scenario_sleep(n):
             "higher_is_better": False, "rows": rows, "target": ("fleetmap", "<=", 1.03)}
 
 
+DOCKER_SNIPPET = r"""
+import json, os, statistics, sys, tempfile, time
+from fleetmap import remote_parallel_map
+n, runs, with_image = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+def double(x):
+    return x * 2
+inputs = list(range(n))
+remote_parallel_map(double, [1], parallelism=2)
+best = None
+for _ in range(3):
+    t0 = time.perf_counter()
+    assert remote_parallel_map(double, inputs, parallelism=2) == [x * 2 for x in inputs]
+    t = time.perf_counter() - t0
+    best = t if best is None else min(best, t)
+out = {"throughput": n / best}
+if with_image:
+    folder = tempfile.mkdtemp()
+    path = os.path.join(folder, "Dockerfile")
+    with open(path, "w") as fh:
+        fh.write("FROM fleetmap/base:1\nRUN echo fleetmap-bench > /opt/bench\n")
+    t0 = time.perf_counter()
+    remote_parallel_map(double, [1], dockerfile=path)  # builds (or finds) the image
+    out["first_job_s"] = time.perf_counter() - t0
+    samples = []
+    for _ in range(runs):
+        time.sleep(1.0)  # the environment's warm containers are replaced after each job
+        t0 = time.perf_counter()
+        first = next(iter(remote_parallel_map(double, [1, 2], dockerfile=path, generator=True)))
+        samples.append(time.perf_counter() - t0)
+        assert first == 2
+    out["first_result_s"] = statistics.median(samples)
+print(json.dumps(out))
+"""
+
+
+def _cluster_run(runtime, n, runs):
+    """Runs DOCKER_SNIPPET against a private local cluster of ``runtime``; its figures."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix=f"fleetmap-bench-{runtime}-")
+    # Node default environment (FLEETMAP_CLONE=0): a docker node would otherwise build an
+    # image of this interpreter's whole clone first.
+    env = dict(os.environ, FLEETMAP_HOME=home, FLEETMAP_LOCAL_RUNTIME=runtime, FLEETMAP_CLONE="0")
+    env.pop("FLEETMAP_COORDINATOR", None)
+    try:
+        out = subprocess.run([sys.executable, "-c", DOCKER_SNIPPET, str(n), str(runs),
+                              "1" if runtime == "docker" else "0"],
+                             env=env, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run([sys.executable, "-c", "from fleetmap import local_cluster; local_cluster.down()"],
+                       env=env, capture_output=True)
+
+
+def scenarios_docker(n, runs):
+    """The docker runtime beside the process runtime: trivial-map throughput, and the first
+    result of a new job whose Dockerfile image is cached (warm containers)."""
+    process = _cluster_run("process", n, runs)
+    docker = _cluster_run("docker", n, runs)
+    throughput = {"name": f"x*2 over {n:,} inputs, 2 instances, docker vs process runtime",
+                  "unit": "inputs/s", "higher_is_better": True,
+                  "rows": {"fleetmap docker": docker["throughput"],
+                           "fleetmap process": process["throughput"]},
+                  "target": ("fleetmap docker", ">=", 0.8 * process["throughput"])}
+    latency = {"name": "docker: first result of a new job, Dockerfile image cached, median",
+               "unit": "s", "higher_is_better": False,
+               "rows": {"fleetmap docker (cached image)": docker["first_result_s"],
+                        "fleetmap docker (first job: build or find the image)": docker["first_job_s"]},
+               "target": ("fleetmap docker (cached image)", "<=", 1.0)}
+    return [throughput, latency]
+
+
 def report(result):
     print(f"\n== {result['name']} ({result['unit']})")
     rows = result["rows"]
@@ -179,14 +255,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--docker", action="store_true",
+                        help="also compare the docker runtime with the process runtime")
+    parser.add_argument("--docker-only", action="store_true", help="only the docker scenarios")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    results = [
-        scenario_throughput(20_000 if args.quick else 100_000),
-        scenario_warm_latency(50 if args.quick else 300),
-        scenario_sleep(200),
-        scenario_cold_start(2 if args.quick else 5),
-    ]
+    results = []
+    if not args.docker_only:
+        results += [
+            scenario_throughput(20_000 if args.quick else 100_000),
+            scenario_warm_latency(50 if args.quick else 300),
+            scenario_sleep(200),
+            scenario_cold_start(2 if args.quick else 5),
+        ]
+    if args.docker or args.docker_only:
+        results += scenarios_docker(20_000 if args.quick else 100_000, 5 if args.quick else 10)
     for result in results:
         report(result)
     if args.json:

@@ -30,12 +30,27 @@ pub enum EnvSpec {
     Dockerfile {
         /// The Dockerfile's text.
         content: String,
+        /// The files its `COPY`/`ADD` instructions use, relative to the Dockerfile's directory.
+        #[serde(default)]
+        context: Vec<ContextFile>,
     },
     /// The client's installed distributions, replicated.
     Clone {
         /// `name==version` pins of the client's distributions.
         distributions: Vec<String>,
     },
+}
+
+/// One file of a Dockerfile's build context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextFile {
+    /// Path relative to the context root, `/`-separated, no `..` (checked by the daemon).
+    pub path: String,
+    /// The file's bytes, base64 (standard alphabet, padded).
+    pub data_b64: String,
+    /// Unix permission bits (`0o644` when absent).
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 impl EnvSpec {
@@ -357,6 +372,19 @@ mod tests {
         assert!(json.contains(r#""kind":"packages""#), "{json}");
         let back: JobSpec = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn dockerfile_context_defaults_to_empty() {
+        let env: EnvSpec =
+            serde_json::from_str(r#"{"kind":"dockerfile","content":"FROM x"}"#).expect("parses");
+        assert_eq!(
+            env,
+            EnvSpec::Dockerfile {
+                content: "FROM x".into(),
+                context: vec![]
+            }
+        );
     }
 
     #[test]

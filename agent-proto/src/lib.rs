@@ -10,6 +10,7 @@
 //! never interprets them. It does no I/O.
 
 pub mod batch;
+pub mod env;
 pub mod error;
 pub mod failure;
 pub mod frame;
@@ -20,11 +21,12 @@ pub mod output;
 pub mod worker;
 
 pub use batch::{BatchError, BatchView, Item, ItemBatch};
+pub use env::{EnvCounters, EnvEntryInfo, EnvironmentsInfo};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use failure::{Failure, FailureInfo, FailureKind};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind, DEFAULT_MAX_FRAME_BYTES};
 pub use gpu::{describe_models, GpuModel, GpuModelError};
-pub use job::{EnvSpec, JobEnd, JobProgress, JobSpec, JobState, JobStatus, SpecError};
+pub use job::{ContextFile, EnvSpec, JobEnd, JobProgress, JobSpec, JobState, JobStatus, SpecError};
 pub use node::{GpuInfo, HeartbeatAnswer, MigMode, NodeInfo, NodeRegistration, NodeView, PoolInfo};
 pub use output::{Output, OutputStream};
 pub use worker::{Assignment, WorkerHello, WorkerReady, ZygoteCommand, ZygoteEvent};

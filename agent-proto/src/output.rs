@@ -12,6 +12,9 @@ pub enum OutputStream {
     Stdout = 1,
     /// `sys.stderr`.
     Stderr = 2,
+    /// The node's environment build log (index `NO_INDEX`), shown by clients with
+    /// `verbose=True`.
+    Build = 3,
 }
 
 /// A decoded `OUTPUT` frame.
@@ -49,6 +52,7 @@ impl Output {
         let stream = match body[8] {
             1 => OutputStream::Stdout,
             2 => OutputStream::Stderr,
+            3 => OutputStream::Build,
             other => return Err(malformed(format!("unknown stream {other}"))),
         };
         let mut index = [0u8; 8];
@@ -81,8 +85,8 @@ mod tests {
     #[test]
     fn unknown_stream_is_refused() {
         let mut body = 0u64.to_le_bytes().to_vec();
-        body.push(3);
+        body.push(4);
         let err = Output::from_frame(&Frame::new(FrameKind::Output, body)).expect_err("bad");
-        assert!(err.to_string().contains("unknown stream 3"), "{err}");
+        assert!(err.to_string().contains("unknown stream 4"), "{err}");
     }
 }

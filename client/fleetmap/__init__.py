@@ -7,6 +7,7 @@ shared/DESIGN.md.  Errors fleetmap raises itself are in ``fleetmap.errors``, re-
 from .api import remote_parallel_map
 from .errors import (
     CoordinatorError,
+    EnvironmentBuildFailed,
     EnvironmentUnavailable,
     FleetmapConnectionError,
     FleetmapError,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "remote_parallel_map",
     "CoordinatorError",
+    "EnvironmentBuildFailed",
     "EnvironmentUnavailable",
     "FleetmapConnectionError",
     "FleetmapError",

@@ -14,7 +14,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
-from . import config, errors, local_cluster, pickling, transport, validate
+from . import config, environment, errors, local_cluster, pickling, transport, validate
 from .inputs import InputSource
 from .job import Job
 from .ordering import ReorderBuffer, ResultList
@@ -44,7 +44,9 @@ def remote_parallel_map(
     ``parallelism`` caps concurrent instances (-1: as many as fit, at most 4000, 100 with a
     GPU); each instance gets ``func_cpu`` whole CPUs, ``func_ram`` GB of RAM and, with
     ``func_gpu``, one whole GPU of that model.  ``dockerfile`` / ``packages`` choose the
-    environment instead of the node default; ``api_key`` overrides ``FLEETMAP_API_KEY``.
+    environment; without them the nodes replicate this interpreter's installed distributions
+    (see ``fleetmap.environment``); ``api_key`` overrides ``FLEETMAP_API_KEY``.  With
+    ``verbose=True`` the nodes' environment build logs are shown as they happen.
 
     Beyond the classic signature: ``generator=True`` returns an iterator that yields results
     as they arrive (in input order unless ``ordered=False``); ``ordered=False`` returns results
@@ -53,7 +55,9 @@ def remote_parallel_map(
     job, sends every input and returns the job id at once — the job keeps running on the
     coordinator (see ``fleetmap jobs``), and its results are stored there to fetch later.
 
-    Raises ``InvalidArgument`` / ``NoCapacity`` before any input runs; the function's own
+    Raises ``InvalidArgument`` / ``NoCapacity`` / ``EnvironmentBuildFailed`` (a node could not
+    build the environment; the message ends with the build log's tail) before any input
+    runs; the function's own
     exception type (or ``RemoteError``) when it raises, with ``fleetmap_index`` and
     ``fleetmap_traceback`` set; an ``InstanceError`` subclass (``OutOfMemory``,
     ``InstanceExited``, ``InstanceKilled``, ``InputTimeout``) after the other inputs finished
@@ -63,6 +67,9 @@ def remote_parallel_map(
     expected = validate.check_inputs(inputs)
     validate.check_flags(generator, detach)
     key = validate.check_api_key(api_key)
+    env = environment.resolve(dockerfile, packages)
+    if env["kind"] == "clone":
+        environment.register_local_distributions()
     job_id = uuid.uuid4().hex
     spec = validate.build_spec(
         job_id,
@@ -73,7 +80,7 @@ def remote_parallel_map(
         expected_inputs=expected,
         timeout=timeout,
         retries=retries,
-        environment=validate.check_environment(dockerfile, packages),
+        environment=env,
         detach=detach,
     )
     function_bytes = pickling.dumps_function(function_)

@@ -75,6 +75,11 @@ class JobFailed(FleetmapError):
     """The coordinator ended the job as failed for a reason not tied to one input."""
 
 
+class EnvironmentBuildFailed(EnvironmentUnavailable, JobFailed):
+    """A node could not build the job's environment (Dockerfile, packages or clone); the
+    message carries the tail of the build log.  Raised before any input ran."""
+
+
 class RemoteError(FleetmapError):
     """The function raised an exception that could not be rebuilt locally.
 

@@ -45,6 +45,8 @@ CONTENT_TYPE = "application/vnd.fleetmap.frames"
 
 STDOUT = 1
 STDERR = 2
+BUILD = 3
+"""OUTPUT stream of a node's environment build log (index NO_INDEX)."""
 
 _HEADER = struct.Struct("<BI")
 _U32 = struct.Struct("<I")

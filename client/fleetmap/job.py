@@ -13,6 +13,7 @@ memory.  Cancelling (Ctrl-C, a raised exception, an abandoned generator) is
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 from array import array
@@ -31,6 +32,9 @@ FIRST_BODY_SECONDS = 0.005
 FEED_START_ITEMS = 64
 CANCEL_TIMEOUT_S = 2.0
 FEEDER_JOIN_S = 10.0
+
+_BUILD_FAILED = re.compile(r"the environment (image|venv) failed to build|could not build the environment")
+"""END messages of a job whose environment a node could not build (see fleetmapd's env module)."""
 
 _FRAMES_HEADERS = {"Content-Type": frames.CONTENT_TYPE, "Accept": frames.CONTENT_TYPE}
 
@@ -319,6 +323,8 @@ class Job:
             return
         if state == "cancelled":
             raise errors.JobCancelled(message or f"job {self.job_id} was cancelled on the coordinator")
+        if message and _BUILD_FAILED.search(message):
+            raise errors.EnvironmentBuildFailed(message)
         raise errors.JobFailed(message or f"job {self.job_id} ended as {state} without saying why")
 
     # -- cancellation -------------------------------------------------------------------

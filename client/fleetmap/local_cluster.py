@@ -271,6 +271,15 @@ def _start_node(paths: Paths, coordinator_url: str, cgroups: str, pool_size: Opt
     ]
     if pool_size is not None:
         argv += ["--pool-size", str(pool_size)]
+    runtime = os.environ.get("FLEETMAP_LOCAL_RUNTIME", "").strip()
+    if runtime:
+        # `docker`: the node runs each instance in a container of fleetmap/base:1 (or of the
+        # job's environment image) instead of a forked process.
+        argv += ["--runtime", runtime]
+    ca_bundle = os.environ.get("FLEETMAP_BUILD_CA_BUNDLE")
+    if ca_bundle:
+        # Environment builds (pip in venvs) trust it: networks that intercept TLS need it.
+        argv += ["--build-ca-bundle", ca_bundle]
     proc = _spawn(argv, paths.node_log)
     _write_atomic(paths.node_pid, str(proc.pid))
     return proc

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-from .frames import NO_INDEX, STDERR
+from .frames import BUILD, NO_INDEX, STDERR
 
 
 def attribute(index: int, text: str) -> str:
@@ -28,6 +28,7 @@ class Progress:
 
     def __init__(self, verbose: bool, total: Optional[int], job_id: str) -> None:
         self.bar: Any = None
+        self.verbose = bool(verbose)
         self.done = 0
         self._status: dict = {}
         if verbose:
@@ -42,8 +43,11 @@ class Progress:
             )
 
     def output(self, index: int, stream: int, text: str) -> None:
-        """Show text the function printed for input ``index``."""
+        """Show text the function printed for input ``index`` (or a node's build log line)."""
         if not text:
+            return
+        if stream == BUILD:
+            self.build(text)
             return
         out = sys.stderr if stream == STDERR else sys.stdout
         lines = attribute(index, text)
@@ -52,6 +56,17 @@ class Progress:
         else:
             out.write(lines)
             out.flush()
+
+    def build(self, text: str) -> None:
+        """A line of a node's environment build log: shown with ``verbose=True`` only."""
+        if self.bar is None and not self.verbose:
+            return
+        lines = "".join(f"[build] {line}\n" for line in text.rstrip("\n").split("\n"))
+        if self.bar is not None:
+            self.bar.write(lines.rstrip("\n"), file=sys.stderr)
+        else:
+            sys.stderr.write(lines)
+            sys.stderr.flush()
 
     def advance(self, count: int) -> None:
         """``count`` more inputs have a result or a failure."""

@@ -167,7 +167,7 @@ def error_from_response(status: int, body: bytes, what: str = "request", job_spe
         message = f"the coordinator answered {status} to the {what}" + (f": {text}" if text else "")
     if status == 422 or code == "unprocessable":
         environment = (job_spec or {}).get("environment") or {}
-        if environment.get("kind", "node_default") != "node_default":
+        if environment.get("kind", "node_default") in ("packages", "dockerfile"):
             return errors.EnvironmentUnavailable(message)
         return errors.NoCapacity(message)
     if status == 400 or code == "bad_request":

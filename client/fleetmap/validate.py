@@ -77,34 +77,11 @@ def check_timeout(value: Any) -> Optional[float]:
 
 
 def check_environment(dockerfile: Any, packages: Any) -> Dict[str, Any]:
-    """The ``environment`` field of the spec: node default, a package list or a Dockerfile."""
-    if packages is not None:
-        if isinstance(packages, (str, bytes)) or not isinstance(packages, (list, tuple)):
-            raise InvalidArgument(
-                f"packages must be a list of pip requirements such as ['numpy==1.26.4'] (or [] for the bare "
-                f"base environment), got {packages!r}."
-            )
-        for requirement in packages:
-            if not isinstance(requirement, str) or not requirement.strip():
-                raise InvalidArgument(f"packages must hold non-empty requirement strings, got {requirement!r}.")
-        packages = [p.strip() for p in packages]
-    if dockerfile is None:
-        if packages is None:
-            return {"kind": "node_default"}
-        return {"kind": "packages", "packages": packages}
-    if packages is not None:
-        raise InvalidArgument(
-            "pass either dockerfile or packages, not both; install the packages with `RUN pip install` in the Dockerfile."
-        )
-    if not isinstance(dockerfile, (str, os.PathLike)):
-        raise InvalidArgument(f"dockerfile must be the path of a Dockerfile, got {dockerfile!r}.")
-    path = os.path.abspath(os.fspath(dockerfile))
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as err:
-        raise InvalidArgument(f"dockerfile {path!r} cannot be read ({err.strerror}); pass the path of a Dockerfile.") from None
-    return {"kind": "dockerfile", "content": text}
+    """The ``environment`` field of the spec (see ``environment.resolve``): a package list, a
+    Dockerfile with its context, or the clone of this interpreter's distributions."""
+    from . import environment
+
+    return environment.resolve(dockerfile, packages)
 
 
 def check_flags(generator: Any, detach: Any) -> None:

@@ -119,13 +119,20 @@ def test_gpu_caps_parallelism_at_100():
     assert validate.build_spec("a", func_gpu=None, parallelism=500, **common)["parallelism"] == 500
 
 
-def test_environment_kinds(tmp_path):
+def test_environment_kinds(tmp_path, monkeypatch):
+    clone = validate.check_environment(None, None)
+    assert clone["kind"] == "clone"
+    import cloudpickle
+
+    assert f"cloudpickle=={cloudpickle.__version__}" in clone["distributions"]
+    assert not any(d.lower().startswith(("pip==", "fleetmap==")) for d in clone["distributions"])
+    monkeypatch.setenv("FLEETMAP_CLONE", "0")
     assert validate.check_environment(None, None) == {"kind": "node_default"}
     assert validate.check_environment(None, []) == {"kind": "packages", "packages": []}
     assert validate.check_environment(None, ("numpy==1.26.4 ",)) == {"kind": "packages", "packages": ["numpy==1.26.4"]}
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM debian\n")
-    assert validate.check_environment(dockerfile, None) == {"kind": "dockerfile", "content": "FROM debian\n"}
+    assert validate.check_environment(dockerfile, None) == {"kind": "dockerfile", "content": "FROM debian\n", "context": []}
     with pytest.raises(InvalidArgument, match="either dockerfile or packages, not both"):
         validate.check_environment(dockerfile, ["x"])
 

@@ -43,6 +43,15 @@ pub struct Config {
     pub gpu_refresh: Duration,
     /// Bounds on memory and concurrency.
     pub limits: Limits,
+    /// Extra CA bundle environment builds trust (pip in images and venvs), for networks that
+    /// intercept TLS. It must hold every CA builds need (usually the machine's own bundle).
+    pub build_ca_bundle: Option<PathBuf>,
+    /// Most bytes built environments may use before the least recently used are removed.
+    pub env_disk_budget_bytes: u64,
+    /// Built environments whose warm workers are kept at once.
+    pub env_warm_max: usize,
+    /// Warm workers per built environment; the main pool's size if unset.
+    pub env_pool_size: Option<u32>,
 }
 
 /// Where the daemon reads its GPUs from.
@@ -91,6 +100,10 @@ impl Config {
             gpus: GpuSource::Nvml,
             gpu_refresh: Duration::from_secs(30),
             limits: Limits::default(),
+            build_ca_bundle: None,
+            env_disk_budget_bytes: 20 << 30,
+            env_warm_max: 3,
+            env_pool_size: None,
         }
     }
 

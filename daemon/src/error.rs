@@ -28,6 +28,9 @@ pub enum DaemonError {
     /// The GPU inventory could not be opened (a bad `--test-only-fake-gpus` list).
     #[error("gpu inventory: {0}")]
     Gpu(String),
+    /// The environment cache could not start.
+    #[error("environment cache: {0}")]
+    Env(#[from] crate::env::EnvError),
     /// The listener failed.
     #[error("listener: {0}")]
     Listener(std::io::Error),

@@ -6,6 +6,7 @@
 //! - [`runtime`]: the narrow `Runtime` trait instances run on, its `process` implementation
 //!   (a zygote forking warm Python workers into per-slot cgroups) and its `docker` one (warm
 //!   worker containers);
+//! - [`env`]: the environment cache (images and venvs by content hash, single-flight builds);
 //! - [`capacity`]: CPU/RAM/GPU slots from the sandbox crate's allocator;
 //! - [`gpus`]: the GPU inventory (NVML, or a test-only list) read into the allocator;
 //! - [`coordinator`]: registration and heartbeats;
@@ -18,6 +19,7 @@ pub mod capacity;
 pub mod config;
 pub mod conn;
 pub mod coordinator;
+pub mod env;
 pub mod error;
 pub mod gpus;
 pub mod job;

@@ -7,15 +7,47 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fleetmap_sandbox::CgroupMode;
 use fleetmapd::Config;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+mod envs_cli;
+
 /// fleetmap node daemon: runs Python functions over inputs in cgroup-pinned worker slots.
 #[derive(Debug, Parser)]
-#[command(name = "fleetmapd", version)]
+#[command(
+    name = "fleetmapd",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Shows a running daemon's runtime, base, built environments and cache counters.
+    Envs {
+        /// The daemon's base URL (`http://127.0.0.1:7071`).
+        #[arg(long, required_unless_present = "addr_file")]
+        url: Option<String>,
+        /// A file holding the daemon's base URL (what `--addr-file` wrote).
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// Print the raw JSON answer of `GET /v1/environments`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags of the daemon itself.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -27,14 +59,14 @@ struct Args {
     #[arg(long, value_parser = base_url)]
     coordinator: Option<String>,
     /// Name of this node, unique in the fleet.
-    #[arg(long)]
-    node_id: String,
+    #[arg(long, required = true)]
+    node_id: Option<String>,
     /// Directory the daemon owns (worker module, socket, progress files).
-    #[arg(long)]
-    state_dir: PathBuf,
+    #[arg(long, required = true)]
+    state_dir: Option<PathBuf>,
     /// Python interpreter for the zygote and workers.
-    #[arg(long)]
-    worker_python: PathBuf,
+    #[arg(long, required = true)]
+    worker_python: Option<PathBuf>,
     /// Mount root of the cgroup filesystem(s).
     #[arg(long, default_value = fleetmap_sandbox::DEFAULT_CGROUP_ROOT)]
     cgroup_root: PathBuf,
@@ -79,6 +111,19 @@ struct Args {
     /// end-to-end tests on machines without a GPU, never for real nodes.
     #[arg(long, value_name = "LIST")]
     test_only_fake_gpus: Option<String>,
+    /// Extra CA bundle that environment builds trust (pip in images and venvs), for networks
+    /// that intercept TLS; it must hold every CA builds need (e.g. the machine's own bundle).
+    #[arg(long, env = "FLEETMAP_BUILD_CA_BUNDLE")]
+    build_ca_bundle: Option<PathBuf>,
+    /// Disk budget of built environments in GB; the least recently used beyond it are removed.
+    #[arg(long, default_value_t = 20)]
+    env_disk_budget_gb: u64,
+    /// Built environments whose warm workers are kept at once.
+    #[arg(long, default_value_t = 3)]
+    env_warm_max: usize,
+    /// Warm workers per built environment (default: the pool size).
+    #[arg(long)]
+    env_pool_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -107,8 +152,11 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let args: Args = fleetmap_service_config::parse("FLEETMAPD_");
-    init_tracing(args.log_format);
+    let cli: Cli = fleetmap_service_config::parse("FLEETMAPD_");
+    let args = cli.serve;
+    if cli.command.is_none() {
+        init_tracing(args.log_format);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,7 +167,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(args)) {
+    let outcome = match cli.command {
+        Some(Command::Envs {
+            url,
+            addr_file,
+            json,
+        }) => runtime.block_on(envs_cli::show(url, addr_file, json)),
+        None => runtime.block_on(serve(args)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "fleetmapd failed");
@@ -133,7 +189,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mut config = Config::new(args.node_id, args.state_dir, args.worker_python);
+    let (Some(node_id), Some(state_dir), Some(worker_python)) =
+        (args.node_id, args.state_dir, args.worker_python)
+    else {
+        anyhow::bail!("--node-id, --state-dir and --worker-python are required to serve");
+    };
+    let mut config = Config::new(node_id, state_dir, worker_python);
     config.addr_file = args.addr_file;
     config.coordinator = args.coordinator;
     config.advertise = args.advertise;
@@ -160,6 +221,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         NetworkArg::Bridge => "bridge".to_string(),
         NetworkArg::None => "none".to_string(),
     };
+    config.build_ca_bundle = args.build_ca_bundle;
+    config.env_disk_budget_bytes = args.env_disk_budget_gb.saturating_mul(1 << 30);
+    config.env_warm_max = args.env_warm_max;
+    config.env_pool_size = args.env_pool_size;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {

@@ -18,10 +18,16 @@ use tracing::{debug, info, warn};
 
 use crate::capacity::Capacity;
 use crate::config::{Config, RuntimeKind};
+use crate::env::cache::Builder;
+use crate::env::docker_build::DockerBuilder;
+use crate::env::key::sha256_hex;
+use crate::env::venv_build::VenvBuilder;
+use crate::env::{EnvCache, EnvConfig, EnvError};
 use crate::error::DaemonError;
 use crate::job::registry::Registry;
 use crate::runtime::docker::{DockerOptions, DockerRuntime};
-use crate::runtime::process::{ProcessOptions, ProcessRuntime};
+use crate::runtime::envs::{DockerEnvFactory, EnvRouter, EnvRuntimeFactory, ProcessEnvFactory};
+use crate::runtime::process::{ProcessOptions, ProcessRuntime, WORKER_SOURCE};
 use crate::runtime::Runtime;
 use crate::state::{Daemon, Inner};
 
@@ -74,21 +80,8 @@ pub async fn run(
     // Before any worker starts, so a bad test-only GPU list leaves nothing running.
     let gpu_inventory = crate::gpus::open(&config.gpus, &config.node_id).await?;
     let pool_target = config.pool_target(inventory.cpus.len());
-    let runtime = match config.runtime {
-        RuntimeKind::Process => {
-            start_process(&config, &state_dir, &inventory, pool_target, cgroups).await?
-        }
-        RuntimeKind::Docker => {
-            start_docker(
-                &config,
-                &state_dir,
-                pool_target,
-                cgroups.flavor(),
-                &inventory.cpus,
-            )
-            .await?
-        }
-    };
+    let (runtime, envs) =
+        start_runtime(&config, &state_dir, &inventory, pool_target, cgroups).await?;
 
     let capacity = Arc::new(Capacity::new(inventory));
     crate::gpus::refresh(&gpu_inventory, &capacity).await;
@@ -106,6 +99,7 @@ pub async fn run(
             config.limits.finished_jobs_kept,
         )),
         runtime: runtime.clone(),
+        envs,
         progress_dir,
         shutdown: CancellationToken::new(),
     });
@@ -182,6 +176,103 @@ pub async fn run(
     Ok(())
 }
 
+/// Starts the configured runtime and the environment cache beside it; returns the runtime
+/// jobs use (which routes each environment to warm workers of its own) and the cache.
+async fn start_runtime(
+    config: &Config,
+    state_dir: &Path,
+    inventory: &Inventory,
+    pool_target: u32,
+    cgroups: Arc<dyn SlotCgroups>,
+) -> Result<(Arc<dyn Runtime>, EnvCache), DaemonError> {
+    let worker_sha = sha256_hex(WORKER_SOURCE.as_bytes());
+    let env_dir = state_dir.join("envs");
+    let env_pool = config.env_pool_size.unwrap_or(pool_target);
+    let ca = match &config.build_ca_bundle {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| DaemonError::io("read the build CA bundle", path, e))?;
+            let path = std::fs::canonicalize(path)
+                .map_err(|e| DaemonError::io("canonicalize", path, e))?;
+            Some((path, bytes))
+        }
+        None => None,
+    };
+    let (main, builder, factory): (
+        Arc<dyn Runtime>,
+        Arc<dyn Builder>,
+        Arc<dyn EnvRuntimeFactory>,
+    ) = match config.runtime {
+        RuntimeKind::Process => {
+            let (started, builder) = tokio::join!(
+                start_process(config, state_dir, inventory, pool_target, cgroups.clone()),
+                VenvBuilder::new(
+                    config.worker_python.clone(),
+                    env_dir.clone(),
+                    worker_sha,
+                    ca.map(|(path, _)| path),
+                )
+            );
+            let (main, opts) = started?;
+            let factory = ProcessEnvFactory {
+                base: opts,
+                cgroups,
+                pool_target: env_pool,
+            };
+            (
+                main,
+                Arc::new(builder?) as Arc<dyn Builder>,
+                Arc::new(factory) as Arc<dyn EnvRuntimeFactory>,
+            )
+        }
+        RuntimeKind::Docker => {
+            let (main, opts) = start_docker(
+                config,
+                state_dir,
+                pool_target,
+                cgroups.flavor(),
+                &inventory.cpus,
+            )
+            .await?;
+            let engine = fleetmap_base_image::Engine::connect()
+                .await
+                .map_err(|e| EnvError::Node(format!("connect to the docker engine: {e}")))?;
+            let builder = DockerBuilder::new(
+                engine.docker().clone(),
+                config.node_id.clone(),
+                config.docker_image.clone(),
+                main.python_version(),
+                worker_sha,
+                ca.map(|(_, bytes)| bytes),
+            )
+            .await?;
+            let factory = DockerEnvFactory {
+                base: opts,
+                all_cpus: inventory.cpus.clone(),
+                pool_target: env_pool,
+            };
+            (
+                main,
+                Arc::new(builder) as Arc<dyn Builder>,
+                Arc::new(factory) as Arc<dyn EnvRuntimeFactory>,
+            )
+        }
+    };
+    let envs = EnvCache::start(
+        config.runtime,
+        builder,
+        EnvConfig {
+            dir: env_dir,
+            budget_bytes: config.env_disk_budget_bytes,
+        },
+    )
+    .await?;
+    let router = EnvRouter::new(main, factory, config.env_warm_max);
+    envs.set_retire(router.clone());
+    let runtime: Arc<dyn Runtime> = router;
+    Ok((runtime, envs))
+}
+
 /// Starts the `process` runtime (idle workers' home cgroups get the whole `inventory`) and
 /// waits (bounded) for its pool to fill.
 async fn start_process(
@@ -190,7 +281,7 @@ async fn start_process(
     inventory: &Inventory,
     pool_target: u32,
     cgroups: Arc<dyn SlotCgroups>,
-) -> Result<Arc<dyn Runtime>, DaemonError> {
+) -> Result<(Arc<dyn Runtime>, ProcessOptions), DaemonError> {
     let mut opts = ProcessOptions::new(
         config.worker_python.clone(),
         state_dir.to_path_buf(),
@@ -203,14 +294,14 @@ async fn start_process(
         cpus: inventory.cpus.clone(),
         ram_bytes: inventory.ram_bytes,
     });
-    let process = ProcessRuntime::start(opts, cgroups).await?;
+    let process = ProcessRuntime::start(opts.clone(), cgroups).await?;
     if !process.wait_pool_full(POOL_FILL_WAIT).await {
         warn!(
             target = pool_target,
             "the worker pool is not full yet; serving anyway"
         );
     }
-    Ok(Arc::new(process))
+    Ok((Arc::new(process), opts))
 }
 
 /// Starts the `docker` runtime and waits (bounded) for its warm containers.
@@ -220,7 +311,7 @@ async fn start_docker(
     pool_target: u32,
     flavor: fleetmap_sandbox::CgroupFlavor,
     all_cpus: &[u32],
-) -> Result<Arc<dyn Runtime>, DaemonError> {
+) -> Result<(Arc<dyn Runtime>, DockerOptions), DaemonError> {
     // A sibling of the slot cgroups' parent: the stale-slot cleanup below that parent must
     // not reach into containers the engine manages.
     let parent = format!(
@@ -238,14 +329,14 @@ async fn start_docker(
     opts.cgroup_root = config.cgroup_root.clone();
     opts.max_frame_bytes = config.limits.max_frame_bytes;
     opts.flavor = flavor;
-    let docker = DockerRuntime::start(opts, all_cpus).await?;
+    let docker = DockerRuntime::start(opts.clone(), all_cpus).await?;
     if !docker.wait_pool_full(POOL_FILL_WAIT).await {
         warn!(
             target = pool_target,
             "the warm container pool is not full yet; serving anyway"
         );
     }
-    Ok(Arc::new(docker))
+    Ok((Arc::new(docker), opts))
 }
 
 /// The shutdown sequence after the listener is closed.

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capacity::Capacity;
 use crate::config::Limits;
+use crate::env::EnvCache;
 use crate::job::registry::Registry;
 use crate::job::supervisor::JobContext;
 use crate::runtime::Runtime;
@@ -35,6 +36,8 @@ pub struct Inner {
     pub registry: Arc<Registry>,
     /// Where progress files go.
     pub progress_dir: PathBuf,
+    /// Built environments.
+    pub envs: EnvCache,
     /// Cancelled when the daemon starts shutting down: no new jobs from then on.
     pub shutdown: CancellationToken,
 }
@@ -57,6 +60,8 @@ impl Daemon {
             capacity: self.0.capacity.clone(),
             registry: self.0.registry.clone(),
             progress_dir: self.0.progress_dir.clone(),
+            envs: self.0.envs.clone(),
+            node_id: self.0.node_id.clone(),
         }
     }
 }

@@ -18,13 +18,15 @@ pub struct Placement {
     pub share: u64,
 }
 
-/// Refuses environments that need the (not yet built) environment cache.
+/// Environments are built by the nodes' environment caches: every kind is passed on, and a
+/// node that cannot build one (a Dockerfile on a process-runtime node) refuses the job with
+/// its own sentence.
 pub fn check_environment(spec: &JobSpec) -> Result<(), Error> {
     match spec.environment {
-        EnvSpec::NodeDefault => Ok(()),
-        ref other => Err(Error::EnvironmentUnsupported {
-            kind: other.kind_name(),
-        }),
+        EnvSpec::NodeDefault
+        | EnvSpec::Packages { .. }
+        | EnvSpec::Dockerfile { .. }
+        | EnvSpec::Clone { .. } => Ok(()),
     }
 }
 
@@ -423,15 +425,14 @@ mod tests {
     }
 
     #[test]
-    fn only_the_default_environment_is_accepted() {
+    fn every_environment_kind_goes_to_the_nodes() {
         let mut s = spec(1, 1);
         assert!(check_environment(&s).is_ok());
         s.environment = EnvSpec::Packages { packages: vec![] };
-        let err = check_environment(&s).expect_err("needs cache");
-        assert!(
-            err.to_string().contains("needs the environment cache"),
-            "{err}"
-        );
-        assert_eq!(err.code().status(), 422);
+        assert!(check_environment(&s).is_ok());
+        s.environment = EnvSpec::Clone {
+            distributions: vec!["six==1.16.0".into()],
+        };
+        assert!(check_environment(&s).is_ok());
     }
 }

@@ -78,7 +78,12 @@ fn admit_job(daemon: &Daemon, spec: JobSpec, function: Bytes) -> Result<Job, Api
     if d.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
-    admit::check(&spec, &d.runtime.python_version(), &d.capacity)?;
+    admit::check(
+        &spec,
+        &d.runtime.python_version(),
+        &d.capacity,
+        d.envs.runtime(),
+    )?;
     let job = Job::new(
         spec,
         function,

@@ -28,6 +28,8 @@ pub enum ApiRequest {
     Health,
     /// `GET /v1/node`.
     Node,
+    /// `GET /v1/environments`.
+    Environments,
     /// `GET /v1/jobs`.
     ListJobs,
     /// `GET /v1/jobs/{id}`.
@@ -91,6 +93,7 @@ pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiReq
     Ok(match route {
         Route::Health => ApiRequest::Health,
         Route::Node => ApiRequest::Node,
+        Route::Environments => ApiRequest::Environments,
         Route::ListJobs => ApiRequest::ListJobs,
         Route::GetJob(id) => ApiRequest::GetJob(id),
         Route::CancelJob(id) => ApiRequest::CancelJob(id),
@@ -143,6 +146,7 @@ pub async fn apply(
             &serde_json::json!({"status": "ok", "version": SOFTWARE_VERSION}),
         )),
         ApiRequest::Node => Ok(json(StatusCode::OK, &crate::node::info(daemon))),
+        ApiRequest::Environments => Ok(json(StatusCode::OK, &daemon.inner().envs.info())),
         ApiRequest::ListJobs => Ok(json(StatusCode::OK, &daemon.inner().registry.list())),
         ApiRequest::GetJob(id) => {
             let status = daemon

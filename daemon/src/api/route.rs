@@ -7,6 +7,7 @@ use http::Method;
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
     ("GET", "/v1/node"),
+    ("GET", "/v1/environments"),
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
@@ -21,6 +22,8 @@ pub enum Route {
     Health,
     /// `GET /v1/node`.
     Node,
+    /// `GET /v1/environments`.
+    Environments,
     /// `GET /v1/jobs`.
     ListJobs,
     /// `POST /v1/jobs`.
@@ -72,6 +75,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         return Ok(match *template {
             "/v1/health" => Route::Health,
             "/v1/node" => Route::Node,
+            "/v1/environments" => Route::Environments,
             "/v1/jobs" if *m == "GET" => Route::ListJobs,
             "/v1/jobs" => Route::SubmitJob,
             "/v1/jobs/{id}" if *m == "GET" => Route::GetJob(id),

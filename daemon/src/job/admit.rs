@@ -1,10 +1,11 @@
 //! Whether this node can take a job at all, decided from its SPEC before any input runs; every
 //! refusal is one sentence saying what to change.
 
-use agent_proto::{EnvSpec, JobSpec, SpecError};
+use agent_proto::{JobSpec, SpecError};
 use thiserror::Error;
 
 use crate::capacity::Capacity;
+use crate::config::RuntimeKind;
 
 /// Why a job is refused.
 #[derive(Debug, Error)]
@@ -12,9 +13,9 @@ pub enum AdmitError {
     /// A field is out of its range.
     #[error(transparent)]
     Spec(#[from] SpecError),
-    /// The job wants an environment other than the node's default.
-    #[error("environment {0:?} needs the environment cache (issue: Environments), which this node does not have yet; leave packages, dockerfile and environment cloning unset to run in the node's default environment")]
-    Environment(&'static str),
+    /// The job's environment cannot be had on this node.
+    #[error(transparent)]
+    Environment(#[from] crate::env::EnvError),
     /// The client's Python differs from the workers'.
     #[error("the client runs Python {client} but this node's workers run Python {node}; run the client on Python {node_minor} or start the node with --worker-python pointing at a Python {client}")]
     Python {
@@ -40,11 +41,14 @@ pub fn major_minor(version: &str) -> &str {
 }
 
 /// Checks a spec against what this node offers.
-pub fn check(spec: &JobSpec, worker_python: &str, capacity: &Capacity) -> Result<(), AdmitError> {
+pub fn check(
+    spec: &JobSpec,
+    worker_python: &str,
+    capacity: &Capacity,
+    runtime: RuntimeKind,
+) -> Result<(), AdmitError> {
     spec.validate()?;
-    if spec.environment != EnvSpec::NodeDefault {
-        return Err(AdmitError::Environment(spec.environment.kind_name()));
-    }
+    crate::env::recipe::from_spec(&spec.environment, runtime)?;
     if let Some(client) = spec.python_version.as_deref() {
         let node_minor = major_minor(worker_python);
         if major_minor(client) != node_minor {
@@ -62,6 +66,7 @@ pub fn check(spec: &JobSpec, worker_python: &str, capacity: &Capacity) -> Result
 
 #[cfg(test)]
 mod tests {
+    use agent_proto::EnvSpec;
     use fleetmap_sandbox::Inventory;
 
     use super::*;
@@ -72,6 +77,8 @@ mod tests {
             ram_bytes: 4 << 30,
         })
     }
+
+    const P: RuntimeKind = RuntimeKind::Process;
 
     #[test]
     fn major_minor_cuts_the_patch_level() {
@@ -85,32 +92,38 @@ mod tests {
         let cap = capacity();
         let mut spec = JobSpec::new("j");
         spec.python_version = Some("3.11".into());
-        check(&spec, "3.11.7", &cap).expect("fits");
+        check(&spec, "3.11.7", &cap, P).expect("fits");
 
         spec.python_version = Some("3.12".into());
-        let err = check(&spec, "3.11.7", &cap).expect_err("mismatch");
+        let err = check(&spec, "3.11.7", &cap, P).expect_err("mismatch");
         let text = err.to_string();
         assert!(text.contains("3.12") && text.contains("3.11.7"), "{text}");
 
         let mut spec = JobSpec::new("j");
         spec.environment = EnvSpec::Packages { packages: vec![] };
-        let text = check(&spec, "3.11.7", &cap).expect_err("env").to_string();
+        check(&spec, "3.11.7", &cap, P).expect("packages are built on any runtime");
+        spec.environment = EnvSpec::Dockerfile {
+            content: "FROM fleetmap/base:1".into(),
+            context: vec![],
+        };
+        check(&spec, "3.11.7", &cap, RuntimeKind::Docker).expect("docker builds dockerfiles");
+        let text = check(&spec, "3.11.7", &cap, P)
+            .expect_err("env")
+            .to_string();
         assert!(
-            text.starts_with(
-                "environment \"packages\" needs the environment cache (issue: Environments)"
-            ),
+            text.starts_with("dockerfile= needs a node running the docker runtime"),
             "{text}"
         );
 
         let mut spec = JobSpec::new("j");
         spec.func_cpu = 3;
         assert!(matches!(
-            check(&spec, "3.11.7", &cap),
+            check(&spec, "3.11.7", &cap, P),
             Err(AdmitError::DoesNotFit(_))
         ));
         spec.func_cpu = 200;
         assert!(matches!(
-            check(&spec, "3.11.7", &cap),
+            check(&spec, "3.11.7", &cap, P),
             Err(AdmitError::Spec(_))
         ));
         let text = err.to_string();

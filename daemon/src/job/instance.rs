@@ -26,6 +26,7 @@ use super::sink::ResultSink;
 use super::sizing::ChunkSizer;
 use super::Job;
 use crate::capacity::Capacity;
+use crate::env::EnvTarget;
 use crate::runtime::{ExitWatch, FrameReader, FrameWriter, Runtime, Worker};
 
 /// Most chunks one worker holds at once (§4.6; see `ChunkSizer::in_flight_limit`).
@@ -48,6 +49,8 @@ pub struct Instance {
     pub slot: Slot,
     /// Where workers come from.
     pub runtime: Arc<dyn Runtime>,
+    /// The environment workers run in.
+    pub env: EnvTarget,
     /// Where the slot goes back to.
     pub capacity: Arc<Capacity>,
     /// The job's result stream.
@@ -107,7 +110,7 @@ pub async fn run(instance: Instance) {
         let stop = instance.job.stop_token().clone();
         while !stop.is_cancelled() {
             let acquired = tokio::select! {
-                worker = instance.runtime.acquire(&instance.slot) => worker,
+                worker = instance.runtime.acquire(&instance.slot, &instance.env) => worker,
                 _ = stop.cancelled() => break,
             };
             let worker = match acquired {

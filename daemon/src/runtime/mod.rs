@@ -8,6 +8,7 @@
 pub mod accept;
 pub mod conn;
 pub mod docker;
+pub mod envs;
 pub mod exit;
 pub mod process;
 
@@ -17,6 +18,8 @@ use agent_proto::PoolInfo;
 use fleetmap_sandbox::{CgroupFlavor, SandboxError, Slot};
 use futures_util::future::BoxFuture;
 use thiserror::Error;
+
+use crate::env::EnvTarget;
 
 pub use conn::{ConnError, FrameReader, FrameWriter, WorkerConn};
 pub use exit::{ExitStatus, ExitWatch};
@@ -64,6 +67,9 @@ pub enum RuntimeError {
         /// What it answered.
         reason: String,
     },
+    /// The environment asked for cannot be served (not built, or its workers do not start).
+    #[error("{0}")]
+    Environment(String),
     /// The runtime is shutting down and hands out nothing more.
     #[error("the worker runtime is shutting down")]
     ShuttingDown,
@@ -83,9 +89,14 @@ pub trait Runtime: Send + Sync + Debug {
     /// The warm pool's state.
     fn pool(&self) -> PoolInfo;
 
-    /// A fresh worker placed in `slot`'s limits (creating them if needed). Returns at once
-    /// when the pool has an idle worker; otherwise waits for one to start.
-    fn acquire<'a>(&'a self, slot: &'a Slot) -> BoxFuture<'a, Result<Worker, RuntimeError>>;
+    /// A fresh worker of environment `env`, placed in `slot`'s limits (creating them if
+    /// needed). Returns at once when the pool has an idle worker; otherwise waits for one to
+    /// start.
+    fn acquire<'a>(
+        &'a self,
+        slot: &'a Slot,
+        env: &'a EnvTarget,
+    ) -> BoxFuture<'a, Result<Worker, RuntimeError>>;
 
     /// How many OOM kills the kernel has made in the slot so far.
     fn oom_kills(&self, slot_id: &str) -> u64;

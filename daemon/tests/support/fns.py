@@ -162,6 +162,23 @@ def make(name, arg):
             time.sleep(60)
             return x
         return pid_then_sleep
+    if name == "module_version":
+        module_name = arg
+
+        def module_version(x):
+            try:
+                module = __import__(module_name)
+            except ImportError:
+                return "missing"
+            return getattr(module, "__version__", "present")
+        return module_version
+    if name == "read_file":
+        path = arg
+
+        def read_file(x):
+            with open(path) as handle:
+                return handle.read()
+        return read_file
     return globals()[name]
 
 

@@ -50,6 +50,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::env::EnvTarget;
 use crate::runtime::accept::{accept_workers, HELLO_TIMEOUT, MAX_HANDSHAKES};
 use crate::runtime::process::pool::{IdleWorker, Pool};
 use crate::runtime::process::WORKER_SOURCE;
@@ -91,6 +92,13 @@ pub struct DockerOptions {
     pub max_frame_bytes: usize,
     /// Cgroup flavour of the host (reported in node info).
     pub flavor: CgroupFlavor,
+    /// The interpreter command inside the image (`/usr/bin/python3` in the base image;
+    /// `python3` on the image's PATH for environment images).
+    pub python: String,
+    /// A runtime for one environment image beside the daemon's main one: it leaves the
+    /// removal of an earlier run's containers and of the cgroup parent to the main runtime,
+    /// and does not need the image to carry the base image's labels.
+    pub environment: bool,
 }
 
 impl DockerOptions {
@@ -114,6 +122,8 @@ impl DockerOptions {
             pool_target,
             max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
             flavor: CgroupFlavor::None,
+            python: spec::PYTHON_IN_CONTAINER.to_string(),
+            environment: false,
         }
     }
 }
@@ -197,11 +207,13 @@ impl DockerRuntime {
             })?
             .docker()
             .clone();
-        let stale = remove_labelled(&docker, LABEL_NODE, &opts.node_id).await?;
-        if stale > 0 {
-            info!(removed = stale, "removed containers of an earlier run");
+        if !opts.environment {
+            let stale = remove_labelled(&docker, LABEL_NODE, &opts.node_id).await?;
+            if stale > 0 {
+                info!(removed = stale, "removed containers of an earlier run");
+            }
+            cgroup::remove_parent(&opts.cgroup_root, &opts.cgroup_parent);
         }
-        cgroup::remove_parent(&opts.cgroup_root, &opts.cgroup_parent);
         let image =
             docker
                 .inspect_image(&opts.image)
@@ -218,7 +230,9 @@ impl DockerRuntime {
             .and_then(|c| c.labels)
             .and_then(|mut l| l.remove(LABEL_PYTHON))
             .unwrap_or_default();
-        write_worker_file(&opts.worker_file)?;
+        if !opts.environment {
+            write_worker_file(&opts.worker_file)?;
+        }
         let _ = std::fs::remove_file(&opts.socket_path);
         let listener =
             UnixListener::bind(&opts.socket_path).map_err(|source| RuntimeError::Io {
@@ -261,6 +275,18 @@ impl DockerRuntime {
         self.inner.pool.wait_full(limit).await
     }
 
+    /// Waits until the pool holds at least one warm container, or `limit` passes.
+    pub async fn wait_pool_any(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inner.pool.info().idle == 0 {
+            if tokio::time::Instant::now() >= deadline || self.inner.shutdown.is_cancelled() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     async fn stop(&self) {
         let inner = &self.inner;
         inner.shutdown.cancel();
@@ -282,9 +308,11 @@ impl DockerRuntime {
             Ok(removed) => debug!(removed, "worker containers removed"),
             Err(err) => warn!(cause = %err, "cannot remove worker containers"),
         }
-        cgroup::remove_parent(&inner.opts.cgroup_root, &inner.opts.cgroup_parent);
+        if !inner.opts.environment {
+            cgroup::remove_parent(&inner.opts.cgroup_root, &inner.opts.cgroup_parent);
+        }
         let _ = std::fs::remove_file(&inner.opts.socket_path);
-        info!("docker runtime stopped");
+        info!(image = %inner.opts.image, "docker runtime stopped");
     }
 }
 
@@ -461,7 +489,7 @@ async fn launch(
                 inner.books().expecting.remove(&pid);
                 remove(docker, &id).await;
                 return Err(RuntimeError::Interpreter {
-                    python: spec::PYTHON_IN_CONTAINER.to_string(),
+                    python: inner.opts.python.clone(),
                     reason: format!("container {id} sent no HELLO in time"),
                 });
             }
@@ -631,9 +659,19 @@ impl Runtime for DockerRuntime {
         self.inner.pool.info()
     }
 
-    fn acquire<'a>(&'a self, slot: &'a Slot) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
+    fn acquire<'a>(
+        &'a self,
+        slot: &'a Slot,
+        env: &'a EnvTarget,
+    ) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
         async move {
             let inner = &self.inner;
+            if *env != EnvTarget::NodeDefault {
+                return Err(RuntimeError::Environment(format!(
+                    "the docker runtime of image {} serves only that image",
+                    inner.opts.image
+                )));
+            }
             if let Some(gpu) = &slot.gpu {
                 return gpu::acquire(inner, slot, gpu).await;
             }

@@ -52,7 +52,7 @@ pub fn create_body(
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec![
-            PYTHON_IN_CONTAINER.to_string(),
+            opts.python.clone(),
             "-u".to_string(),
             WORKER_IN_CONTAINER.to_string(),
             "worker".to_string(),

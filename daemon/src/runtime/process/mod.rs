@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 use self::exits::Exits;
 use self::pool::{IdleWorker, Pool};
 use self::spares::Spares;
+use crate::env::EnvTarget;
 use crate::runtime::accept::accept_workers;
 use crate::runtime::{Runtime, RuntimeError, Worker, WorkerConn};
 
@@ -73,6 +74,10 @@ pub struct ProcessOptions {
     /// Limits of an idle worker's home cgroup (the whole node); `None` leaves idle workers in
     /// the pool cgroup and moves them at job time.
     pub home_limits: Option<SlotLimits>,
+    /// A runtime for one environment beside the daemon's main one: it leaves host-wide
+    /// cleanup (an earlier run's workers, the daemon's cgroup parent) to the main runtime and
+    /// removes only what it made.
+    pub environment: bool,
 }
 
 impl ProcessOptions {
@@ -88,6 +93,7 @@ impl ProcessOptions {
             max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
             startup_timeout: Duration::from_secs(60),
             home_limits: None,
+            environment: false,
         }
     }
 }
@@ -171,11 +177,13 @@ impl ProcessRuntime {
         opts: ProcessOptions,
         cgroups: Arc<dyn SlotCgroups>,
     ) -> Result<Self, RuntimeError> {
-        let stale = stale::kill_workers_of(&opts.proc_root, &opts.worker_file);
-        if stale > 0 {
-            info!(killed = stale, "killed workers of an earlier run");
+        if !opts.environment {
+            let stale = stale::kill_workers_of(&opts.proc_root, &opts.worker_file);
+            if stale > 0 {
+                info!(killed = stale, "killed workers of an earlier run");
+            }
+            write_worker_file(&opts.worker_file)?;
         }
-        write_worker_file(&opts.worker_file)?;
         let _ = std::fs::remove_file(&opts.socket_path);
         let listener =
             UnixListener::bind(&opts.socket_path).map_err(|source| RuntimeError::Io {
@@ -259,6 +267,28 @@ impl ProcessRuntime {
         }
         for pid in inner.exits.live_pids() {
             sigkill(pid);
+        }
+        if inner.opts.environment {
+            // Only what this runtime made: idle workers' home cgroups (slots are released
+            // by their instances).
+            let homes: Vec<String> = inner
+                .homes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, name)| name)
+                .collect();
+            let cgroups = inner.cgroups.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in homes {
+                    let _ = cgroups.kill_slot(&name);
+                    let _ = cgroups.remove_slot(&name);
+                }
+            })
+            .await;
+            let _ = std::fs::remove_file(&inner.opts.socket_path);
+            info!(python = %inner.opts.python.display(), "environment process runtime stopped");
+            return;
         }
         let killed = stale::kill_workers_of(&inner.opts.proc_root, &inner.opts.worker_file);
         let cgroups = inner.cgroups.clone();
@@ -446,9 +476,16 @@ impl Runtime for ProcessRuntime {
     fn acquire<'a>(
         &'a self,
         slot: &'a fleetmap_sandbox::Slot,
+        env: &'a EnvTarget,
     ) -> BoxFuture<'a, Result<Worker, RuntimeError>> {
         async move {
             let inner = &self.inner;
+            if *env != EnvTarget::NodeDefault {
+                return Err(RuntimeError::Environment(format!(
+                    "the process runtime on {} serves only its own environment",
+                    inner.opts.python.display()
+                )));
+            }
             let limits = slot.limits();
             loop {
                 let idle = inner

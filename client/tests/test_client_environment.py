@@ -1,0 +1,81 @@
+"""The environment field: Dockerfile context collection and the clone's distribution list."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from fleetmap import environment
+from fleetmap.errors import InvalidArgument
+
+
+def _files(env):
+    return {f["path"]: base64.b64decode(f["data_b64"]) for f in env["context"]}
+
+
+def test_dockerfile_context_holds_exactly_what_copy_and_add_use(tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print(1)\n")
+    (tmp_path / "app" / "sub").mkdir()
+    (tmp_path / "app" / "sub" / "x.txt").write_text("x")
+    (tmp_path / "req.txt").write_text("six\n")
+    (tmp_path / "a.whl").write_bytes(b"w1")
+    (tmp_path / "b.whl").write_bytes(b"w2")
+    (tmp_path / "unused.bin").write_bytes(b"no")
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "# comment\n"
+        "FROM fleetmap/base:1 AS build\n"
+        "COPY --chown=0:0 req.txt \\\n  /tmp/\n"
+        'COPY ["app", "/opt/app"]\n'
+        "ADD *.whl /wheels/\n"
+        "ADD https://example.com/x.tar.gz /x/\n"
+        "COPY --from=build /etc/hosts /h\n"
+    )
+    env = environment.resolve(str(dockerfile), None)
+    assert env["kind"] == "dockerfile"
+    assert env["content"] == dockerfile.read_text()
+    assert _files(env) == {
+        "req.txt": b"six\n",
+        "app/main.py": b"print(1)\n",
+        "app/sub/x.txt": b"x",
+        "a.whl": b"w1",
+        "b.whl": b"w2",
+    }
+
+
+def test_dockerfile_sources_must_exist_and_stay_inside(tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM x\nCOPY missing.txt /\n")
+    with pytest.raises(InvalidArgument, match="missing.txt"):
+        environment.resolve(str(dockerfile), None)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("secret")
+    try:
+        dockerfile.write_text(f"FROM x\nCOPY ../{outside.name} /\n")
+        with pytest.raises(InvalidArgument, match="outside its directory"):
+            environment.resolve(str(dockerfile), None)
+    finally:
+        os.unlink(outside)
+
+
+def test_pip_options_are_refused_in_packages():
+    with pytest.raises(InvalidArgument, match="pip option"):
+        environment.resolve(None, ["--index-url=http://x"])
+
+
+def test_the_clone_skips_local_installs(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    dist = site / "localpkg-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: localpkg\nVersion: 1.0\n")
+    (dist / "direct_url.json").write_text('{"url": "file:///src/localpkg", "dir_info": {"editable": true}}')
+    pinned = site / "pinnedpkg-2.0.dist-info"
+    pinned.mkdir()
+    (pinned / "METADATA").write_text("Metadata-Version: 2.1\nName: pinnedpkg\nVersion: 2.0\n")
+    monkeypatch.syspath_prepend(str(site))
+    dists = environment.installed_distributions()
+    assert "pinnedpkg==2.0" in dists
+    assert not any(d.startswith("localpkg") for d in dists)

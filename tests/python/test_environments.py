@@ -1,0 +1,113 @@
+"""Environments end to end through the real binaries (process runtime of the local cluster):
+``packages=`` builds a venv once per content hash, ``packages=[]`` is the bare base, a
+failed build is one clear error before any input runs, verbose shows the build log, a
+Dockerfile needs a docker node, and the default clone replicates the client's distributions.
+
+Builds reach PyPI; where TLS is intercepted, ``FLEETMAP_BUILD_CA_BUNDLE`` (set by ``.ci/run``)
+names the CA bundle builds trust.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import e2e_support
+from fleetmap import EnvironmentBuildFailed, EnvironmentUnavailable, remote_parallel_map
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def six_version(_x):
+    try:
+        import six
+    except ImportError:
+        return "missing"
+    return six.__version__
+
+
+def environments(cluster) -> dict:
+    return e2e_support.get_json(cluster.node_url + "/v1/environments")
+
+
+@pytest.mark.deadline(300)
+def test_packages_build_once_and_install_exactly_the_list(cluster):
+    before = environments(cluster)["counters"]["builds"]
+    assert remote_parallel_map(six_version, range(3), packages=["six==1.16.0"]) == ["1.16.0"] * 3
+    assert remote_parallel_map(six_version, range(2), packages=["six==1.16.0"]) == ["1.16.0"] * 2
+    after = environments(cluster)
+    assert after["counters"]["builds"] == before + 1, after
+    assert remote_parallel_map(six_version, [0], packages=[]) == ["missing"]
+
+
+@pytest.mark.deadline(300)
+def test_verbose_streams_the_build_log(cluster, capfd):
+    assert remote_parallel_map(six_version, [0], packages=["six==1.15.0"], verbose=True) == ["1.15.0"]
+    err = capfd.readouterr().err
+    assert "[build] $ pip install" in err, err[-2000:]
+    assert "six" in err
+
+
+@pytest.mark.deadline(300)
+def test_a_package_that_cannot_be_installed_is_one_clear_error(cluster):
+    ran = []
+    with pytest.raises(EnvironmentBuildFailed) as caught:
+        remote_parallel_map(ran.append, range(3), packages=["fleetmap-no-such-distribution==0.0.1"])
+    message = str(caught.value)
+    assert message.startswith("the environment venv failed to build:"), message
+    assert "fleetmap-no-such-distribution" in message
+    # The node keeps serving.
+    assert remote_parallel_map(e2e_support.triple, range(3)) == [0, 3, 6]
+
+
+def test_a_dockerfile_needs_a_docker_node(cluster, tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM fleetmap/base:1\n")
+    with pytest.raises(EnvironmentUnavailable, match="--runtime docker"):
+        remote_parallel_map(e2e_support.triple, [1], dockerfile=str(dockerfile))
+
+
+@pytest.mark.deadline(400)
+def test_the_default_clone_replicates_the_clients_distributions(cluster, tmp_path):
+    """A client whose interpreter has six 1.14.0 (the node's has another version): the node
+    builds the clone and the function sees the client's version."""
+    venv = tmp_path / "client-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    import cloudpickle
+
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    ca = os.environ.get("FLEETMAP_BUILD_CA_BUNDLE")
+    if ca:
+        env["PIP_CERT"] = ca
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-cache-dir",
+         "six==1.14.0", f"cloudpickle=={cloudpickle.__version__}"],
+        check=True, env=env, capture_output=True, timeout=300,
+    )
+    child = cluster.child_env()
+    child["PYTHONPATH"] = str(REPO / "client")
+    code = (
+        "from fleetmap import remote_parallel_map\n"
+        "def version(_):\n"
+        "    import six\n"
+        "    return six.__version__\n"
+        "print(remote_parallel_map(version, range(2)))\n"
+    )
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], env=child, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "['1.14.0', '1.14.0']", done.stdout
+    kinds = [e["kind"] for e in environments(cluster)["entries"]]
+    assert "clone" in kinds, kinds
+
+
+def test_the_clone_of_the_nodes_own_interpreter_needs_no_build(cluster):
+    before = environments(cluster)["counters"]
+    assert remote_parallel_map(e2e_support.triple, range(4)) == [0, 3, 6, 9]
+    after = environments(cluster)["counters"]
+    assert after["builds"] == before["builds"]
+    assert after["node_default"] > before["node_default"]
