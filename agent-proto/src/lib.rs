@@ -8,6 +8,7 @@
 //! Payload bytes (pickled functions, inputs, results, exceptions) are opaque here: this crate
 //! never interprets them. It does no I/O.
 
+pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod failure;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod output;
 pub mod worker;
 
+pub use auth::{AuthError, ClusterToken, CLUSTER_TOKEN_ENV};
 pub use batch::{BatchError, BatchView, Item, ItemBatch};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use failure::{Failure, FailureInfo, FailureKind};

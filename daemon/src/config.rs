@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent_proto::ClusterToken;
 use fleetmap_sandbox::{CgroupConfig, CgroupMode, DEFAULT_CGROUP_ROOT, DEFAULT_PROC_ROOT};
+
+use crate::drain::Drain;
 
 /// Everything `run` needs besides the listener and the shutdown signal.
 #[derive(Debug, Clone)]
@@ -39,6 +42,14 @@ pub struct Config {
     pub container_network: String,
     /// Bounds on memory and concurrency.
     pub limits: Limits,
+    /// The fleet's shared secret (`--cluster-token-file` / `FLEETMAP_CLUSTER_TOKEN`).
+    pub cluster_token: Option<ClusterToken>,
+    /// Drain handle: whoever holds a clone can start a drain and wait for it to finish.
+    pub drain: Drain,
+    /// TEST ONLY: advertise and allocate this many one-CPU slots instead of the machine's CPUs
+    /// (`--test-only-simulated-slots`); instances then share the real CPUs. For scale
+    /// benchmarks of the coordinator, never for real work.
+    pub simulated_slots: Option<u32>,
 }
 
 /// Which [`crate::runtime::Runtime`] the daemon uses.
@@ -74,6 +85,9 @@ impl Config {
             docker_image: "fleetmap/base:1".to_string(),
             container_network: "bridge".to_string(),
             limits: Limits::default(),
+            cluster_token: None,
+            drain: Drain::new(),
+            simulated_slots: None,
         }
     }
 

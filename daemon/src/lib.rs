@@ -7,7 +7,8 @@
 //!   (a zygote forking warm Python workers into per-slot cgroups) and its `docker` one (warm
 //!   worker containers);
 //! - [`capacity`]: CPU/RAM slots from the sandbox crate's allocator;
-//! - [`coordinator`]: registration and heartbeats;
+//! - [`coordinator`]: registration and heartbeats (with the cluster token), leaving after a drain;
+//! - [`drain`]: draining (no new work, finish what runs, leave);
 //! - [`server`]: the accept loop, startup and graceful shutdown.
 //!
 //! The daemon never unpickles anything: payloads stay opaque `Bytes`.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod capacity;
 pub mod config;
 pub mod coordinator;
+pub mod drain;
 pub mod error;
 pub mod job;
 pub mod node;
@@ -24,5 +26,6 @@ pub mod server;
 pub mod state;
 
 pub use config::{Config, Limits, RuntimeKind};
+pub use drain::Drain;
 pub use error::DaemonError;
 pub use server::run;

@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agent_proto::ClusterToken;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::Capacity;
 use crate::config::Limits;
+use crate::drain::Drain;
 use crate::job::registry::Registry;
 use crate::job::supervisor::JobContext;
 use crate::runtime::Runtime;
@@ -37,6 +39,11 @@ pub struct Inner {
     pub progress_dir: PathBuf,
     /// Cancelled when the daemon starts shutting down: no new jobs from then on.
     pub shutdown: CancellationToken,
+    /// Draining: no new jobs, finish what runs, leave the fleet.
+    pub drain: Drain,
+    /// The fleet's shared secret: required on every route but health, sent to the
+    /// coordinator. `None`: open (local use).
+    pub cluster_token: Option<ClusterToken>,
 }
 
 impl Daemon {

@@ -12,6 +12,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{id}"),
     ("DELETE", "/v1/jobs/{id}"),
     ("POST", "/v1/jobs/{id}/inputs"),
+    ("POST", "/v1/jobs/{id}/release"),
+    ("POST", "/v1/drain"),
 ];
 
 /// A matched route, with its path parameter.
@@ -31,6 +33,10 @@ pub enum Route {
     CancelJob(String),
     /// `POST /v1/jobs/{id}/inputs`.
     JobInputs(String),
+    /// `POST /v1/jobs/{id}/release`.
+    ReleaseInputs(String),
+    /// `POST /v1/drain`.
+    Drain,
 }
 
 /// Why no route matched.
@@ -72,10 +78,12 @@ pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         return Ok(match *template {
             "/v1/health" => Route::Health,
             "/v1/node" => Route::Node,
+            "/v1/drain" => Route::Drain,
             "/v1/jobs" if *m == "GET" => Route::ListJobs,
             "/v1/jobs" => Route::SubmitJob,
             "/v1/jobs/{id}" if *m == "GET" => Route::GetJob(id),
             "/v1/jobs/{id}" => Route::CancelJob(id),
+            "/v1/jobs/{id}/release" => Route::ReleaseInputs(id),
             _ => Route::JobInputs(id),
         });
     }

@@ -7,6 +7,7 @@
 //! them first: `cargo build --workspace --bins` (as `scripts/test` does).
 
 pub mod http;
+pub mod netns;
 pub mod procs;
 pub mod python;
 
@@ -18,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 pub use http::{Http, ResultStream};
-pub use procs::{Coordinator, Daemon};
+pub use procs::{Coordinator, Daemon, DaemonOptions};
 pub use python::Payloads;
 
 /// A coordinator and its daemons in one temporary directory.
