@@ -179,8 +179,8 @@ impl Error {
             }
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
-            Self::NoResults(_) => ErrorCode::NotFound,
-            Self::StillRunning { .. } => ErrorCode::Conflict,
+            // The job exists; its results do not (not detached, or deleted).
+            Self::NoResults(_) | Self::StillRunning { .. } => ErrorCode::Conflict,
             Self::ResultBudget { .. } => ErrorCode::PayloadTooLarge,
             Self::BadJson { .. }
             | Self::BadQuery(_)

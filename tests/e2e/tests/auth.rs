@@ -95,10 +95,10 @@ async fn nodes_and_coordinator_need_the_cluster_token() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(impostor.running(), "a refused daemon keeps retrying");
+    assert!(impostor.proc.running(), "a refused daemon keeps retrying");
     let log = std::fs::read_to_string(dir.path().join("impostor/daemon.log"))?;
     assert!(log.contains("cluster token"), "{log}");
-    impostor.kill();
+    impostor.proc.kill();
 
     // The daemon refuses callers without the token; health stays open for probes.
     let (status, body) = open.get_json(&format!("{}/v1/node", member.url)).await?;
@@ -114,7 +114,7 @@ async fn nodes_and_coordinator_need_the_cluster_token() -> anyhow::Result<()> {
     let first = whole_job(&spec(&id, 50), &payloads, 0..50, 10);
     let (_body, mut stream) = open.submit(&coordinator.url, &first).await?;
     let collected = Collected::from_frames(&stream.until_end(Duration::from_secs(60)).await?)?;
-    assert_eq!(collected.end.map(|e| e.state), Some(JobState::Completed));
+    assert_eq!(collected.end.as_ref().map(|e| e.state), Some(JobState::Completed));
     assert_eq!(collected.each_index_once()?, 50);
     assert_eq!(python::check_results(&collected.results, "i * 2")?, 50);
     Ok(())

@@ -90,7 +90,7 @@ async fn detached_results_survive_a_coordinator_restart() -> anyhow::Result<()> 
         .http
         .call(Method::GET, &results_url, Bytes::new())
         .await?;
-    assert_eq!(status.as_u16(), 404, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(status.as_u16(), 409, "{}", String::from_utf8_lossy(&bytes));
     assert!(String::from_utf8_lossy(&bytes).contains("no stored results"));
     Ok(())
 }
