@@ -9,6 +9,7 @@
 //! Payload bytes (pickled functions, inputs, results, exceptions) are opaque here: this crate
 //! never interprets them. It does no I/O.
 
+pub mod auth;
 pub mod batch;
 pub mod env;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod node;
 pub mod output;
 pub mod worker;
 
+pub use auth::{AuthError, ClusterToken, CLUSTER_TOKEN_ENV};
 pub use batch::{BatchError, BatchView, Item, ItemBatch};
 pub use env::{EnvCounters, EnvEntryInfo, EnvironmentsInfo};
 pub use error::{ApiError, ErrorBody, ErrorCode};

@@ -81,6 +81,10 @@ pub struct NodeInfo {
     /// GPUs found through NVML.
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
+    /// The node is draining: it takes no new jobs or inputs, finishes what it holds, then
+    /// leaves the fleet.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl NodeInfo {
@@ -129,6 +133,9 @@ pub struct NodeView {
     pub alive: bool,
     /// Milliseconds since its last heartbeat.
     pub last_seen_ms: u64,
+    /// Jobs the coordinator runs on it now.
+    #[serde(default)]
+    pub jobs_running: Vec<String>,
 }
 
 #[cfg(test)]
@@ -152,6 +159,7 @@ mod tests {
             jobs: 1,
             pool: PoolInfo::default(),
             gpus: vec![],
+            draining: false,
         }
     }
 
@@ -171,6 +179,7 @@ mod tests {
             info: info(),
             alive: true,
             last_seen_ms: 12,
+            jobs_running: vec!["j".into()],
         };
         let json = serde_json::to_value(&view).expect("serializes");
         assert_eq!(json["node_id"], "n");

@@ -5,6 +5,7 @@ shared/DESIGN.md.  Errors fleetmap raises itself are in ``fleetmap.errors``, re-
 """
 
 from .api import remote_parallel_map
+from .stored import delete_results, fetch_results
 from .errors import (
     CoordinatorError,
     EnvironmentBuildFailed,
@@ -36,6 +37,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "remote_parallel_map",
+    "fetch_results",
+    "delete_results",
     "CoordinatorError",
     "EnvironmentBuildFailed",
     "EnvironmentUnavailable",

@@ -1,8 +1,10 @@
 """The ``fleetmap`` command line: the local cluster, the fleet's nodes, job records, login.
 
     fleetmap local up|down|status     start, stop or inspect the local coordinator and node
-    fleetmap status                   nodes registered with the configured coordinator
+    fleetmap status                   nodes registered with the configured coordinator, their
+                                      slots and the jobs running on them
     fleetmap jobs                     job records, newest first
+    fleetmap results JOB_ID           results of a detached job (--wait, --delete)
     fleetmap cancel JOB_ID            cancel a job
     fleetmap login [--api-key KEY]    store the credential remote_parallel_map sends
 
@@ -20,7 +22,7 @@ import sys
 import time
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import config, errors, local_cluster, transport
+from . import config, errors, local_cluster, stored, transport
 
 
 def _endpoint(args: argparse.Namespace) -> transport.Endpoint:
@@ -79,19 +81,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = [
         (
             n.get("node_id"),
-            "alive" if n.get("alive", True) else "lost",
+            _node_state(n),
             n.get("address"),
             n.get("runtime"),
             n.get("python_version"),
+            _slots(n),
             f"{n.get('free_cpus')}/{n.get('cpus')}",
             f"{_gib(n.get('free_ram_bytes'))}/{_gib(n.get('ram_bytes'))}",
             _gpus_free(n.get("gpus") or []),
             n.get("instances"),
-            n.get("jobs"),
+            ",".join(j[:12] for j in n.get("jobs_running") or []) or "-",
         )
         for n in nodes
     ]
-    print(_table(rows, ("node", "state", "address", "runtime", "python", "cpus free", "ram free", "gpus free", "instances", "jobs")))
+    print(_table(rows, ("node", "state", "address", "runtime", "python", "slots used", "cpus free", "ram free", "gpus free", "instances", "jobs")))
     gpu_rows = [
         (
             n.get("node_id"),
@@ -118,6 +121,20 @@ def _gpus_free(gpus: list) -> str:
     whole = [g for g in gpus if g.get("mig") != "enabled"]
     free = sum(1 for g in whole if not g.get("in_use"))
     return f"{free}/{len(whole)}"
+
+
+def _node_state(node: dict) -> str:
+    if not node.get("alive", True):
+        return "lost"
+    return "draining" if node.get("draining") else "alive"
+
+
+def _slots(node: dict) -> str:
+    """One-CPU slots in use out of the node's total."""
+    cpus, free = node.get("cpus"), node.get("free_cpus")
+    if not isinstance(cpus, int) or not isinstance(free, int):
+        return "-"
+    return f"{cpus - free}/{cpus}"
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -150,6 +167,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     record = transport.request_json(endpoint, "DELETE", f"/v1/jobs/{args.job_id}")
     state = record.get("state") if isinstance(record, dict) else None
     print(f"job {args.job_id}: {state or 'cancelled'}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    results = stored.fetch_results(args.job_id, args.api_key, wait=args.wait, timeout=args.timeout, delete=args.delete)
+    for index, value in enumerate(results):
+        print(f"{index}\t{value!r}")
     return 0
 
 
@@ -204,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.add_argument("--api-key", default=None)
     cancel.set_defaults(func=cmd_cancel)
+
+    results = sub.add_parser("results", help="results of a detached job, one line per input: INDEX<TAB>repr(value)")
+    results.add_argument("job_id")
+    results.add_argument("--wait", action="store_true", help="wait for a running job to end")
+    results.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    results.add_argument("--delete", action="store_true", help="free the stored results once they were read")
+    results.add_argument("--api-key", default=None)
+    results.set_defaults(func=cmd_results)
 
     login = sub.add_parser("login", help="store the API key remote_parallel_map sends")
     login.add_argument("--api-key", default=None)

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent_proto::ClusterToken;
+
 /// Everything [`crate::run`] needs besides the listener and the shutdown signal.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -47,6 +49,12 @@ pub struct Config {
     pub node_cancel_timeout: Duration,
     /// How long shutdown waits for connections and jobs to finish.
     pub shutdown_grace: Duration,
+    /// Shared secret of the fleet: nodes must send it to register and heartbeat, and the
+    /// coordinator sends it on every call to a node. `None`: no authentication (local use).
+    pub cluster_token: Option<ClusterToken>,
+    /// Payload bytes of detached jobs' results the database may hold; a detached job whose
+    /// results would go beyond it fails with a sentence naming this limit.
+    pub results_budget_bytes: u64,
 }
 
 impl Config {
@@ -57,7 +65,9 @@ impl Config {
             addr_file: None,
             node_wait: Duration::from_millis(5000),
             heartbeat_interval: Duration::from_millis(1000),
-            node_timeout: Duration::from_millis(5000),
+            // With 1 s heartbeats and reaping every 500 ms, a silent node is declared dead
+            // at most 4.5 s after its last heartbeat: within the 5 s the fleet promises.
+            node_timeout: Duration::from_millis(4000),
             redispatch_wait: Duration::from_secs(30),
             max_frame_bytes: agent_proto::DEFAULT_MAX_FRAME_BYTES,
             max_json_bytes: 1024 * 1024,
@@ -72,12 +82,14 @@ impl Config {
             window_bytes: 64 * 1024 * 1024,
             node_cancel_timeout: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
+            cluster_token: None,
+            results_budget_bytes: 10 << 30,
         }
     }
 
     /// How often the registry looks for nodes that stopped heartbeating.
     pub fn reap_interval(&self) -> Duration {
-        (self.node_timeout / 4)
+        (self.node_timeout / 8)
             .min(self.heartbeat_interval)
             .max(Duration::from_millis(10))
     }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use agent_proto::{ErrorBody, ErrorCode, FrameError, JobState, SpecError};
+use agent_proto::{AuthError, ErrorBody, ErrorCode, FrameError, JobState, SpecError};
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use thiserror::Error;
 
@@ -74,6 +74,30 @@ pub enum Error {
     /// The job specification breaks the contract.
     #[error("{0}")]
     Spec(#[from] SpecError),
+    /// A node route was called without the cluster token, or with a wrong one.
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    /// A detached job's results would exceed the result budget.
+    #[error("job {job_id} stores more results than the coordinator's result budget of {budget} bytes allows; fetch and delete older results (fleetmap results JOB --delete) or raise --results-budget-bytes")]
+    ResultBudget {
+        /// The job.
+        job_id: String,
+        /// The budget.
+        budget: u64,
+    },
+    /// Results were asked for while the job still runs.
+    #[error("job {job_id} is still running ({done} of {inputs} inputs answered); fetch its results once it ended, or wait for it (fleetmap results JOB --wait)")]
+    StillRunning {
+        /// The job.
+        job_id: String,
+        /// Inputs answered.
+        done: u64,
+        /// Inputs received.
+        inputs: u64,
+    },
+    /// The job kept no results (it was not detached, or they were deleted).
+    #[error("job {0} has no stored results: only detach=True jobs keep them, until deleted")]
+    NoResults(String),
     /// A node registration is unusable.
     #[error("the node registration is invalid: {0}")]
     BadNode(String),
@@ -165,6 +189,10 @@ impl Error {
                 ErrorCode::NotFound
             }
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            // The job exists; its results do not (not detached, or deleted).
+            Self::NoResults(_) | Self::StillRunning { .. } => ErrorCode::Conflict,
+            Self::ResultBudget { .. } => ErrorCode::PayloadTooLarge,
             Self::BadJson { .. }
             | Self::BadQuery(_)
             | Self::BodyRead(_)
@@ -237,6 +265,7 @@ mod tests {
                 408,
             ),
             (Error::Busy("x".into()), 503),
+            (Error::Unauthorized(AuthError::Wrong), 401),
         ];
         for (err, status) in cases {
             assert_eq!(error_response(&err).status().as_u16(), status, "{err}");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agent_proto::{ClusterToken, CLUSTER_TOKEN_ENV};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use fleetmap_coordinator::{run, Config};
@@ -41,8 +42,8 @@ struct Args {
     /// How often nodes heartbeat.
     #[arg(long, default_value_t = 1000)]
     heartbeat_interval_ms: u64,
-    /// A node silent this long is dead.
-    #[arg(long, default_value_t = 5000)]
+    /// A node silent this long is dead (plus at most an eighth of it until the next check).
+    #[arg(long, default_value_t = 4000)]
     node_timeout_ms: u64,
     /// How long inputs of lost nodes wait for a node to re-run them.
     #[arg(long, default_value_t = 30_000)]
@@ -56,6 +57,14 @@ struct Args {
     /// Job result streams one client address may hold open at once; more get 429.
     #[arg(long, default_value_t = 1000)]
     max_jobs_per_client: usize,
+    /// File holding the cluster token nodes must present (and that is sent to them); the
+    /// environment variable FLEETMAP_CLUSTER_TOKEN is used when no file is given. Without
+    /// either, node routes are open (local use only).
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
+    /// Payload bytes of detached jobs' results the database may hold.
+    #[arg(long, default_value_t = 10 << 30)]
+    results_budget_bytes: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,6 +81,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The cluster token from `file`, else from FLEETMAP_CLUSTER_TOKEN, else none.
+fn cluster_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterToken>> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster token file {}", path.display()))?,
+        None => match std::env::var(CLUSTER_TOKEN_ENV) {
+            Ok(text) => text,
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some(ClusterToken::new(&text)?))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -96,6 +118,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.window_items_per_instance = args.window_items_per_instance.max(1);
     config.max_connections = args.max_connections.max(1);
     config.max_jobs_per_client = args.max_jobs_per_client;
+    config.results_budget_bytes = args.results_budget_bytes;
+    config.cluster_token = cluster_token(args.cluster_token_file.as_deref())?;
+    if config.cluster_token.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "no cluster token: any host that reaches this port can register as a node; give --cluster-token-file");
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use agent_proto::{Frame, FRAMES_CONTENT_TYPE};
+use agent_proto::{ClusterToken, Frame, FRAMES_CONTENT_TYPE};
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -53,17 +53,14 @@ pub type ResponseFuture =
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     http: Client<HttpConnector, Body>,
-}
-
-impl Default for NodeClient {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// `Authorization` value sent on every call (the cluster token), if one is configured.
+    authorization: Option<HeaderValue>,
 }
 
 impl NodeClient {
-    /// A client with keep-alive pooling and no Nagle delay (single-input jobs are latency-bound).
-    pub fn new() -> Self {
+    /// A client with keep-alive pooling and no Nagle delay (single-input jobs are latency-bound),
+    /// sending `token` on every call when given.
+    pub fn new(token: Option<ClusterToken>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -74,7 +71,16 @@ impl NodeClient {
             .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self { http }
+        // A validated token is visible ASCII, always a valid header value.
+        let authorization = token.and_then(|token| {
+            let mut value = HeaderValue::from_str(token.header_value()).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        Self {
+            http,
+            authorization,
+        }
     }
 
     /// Opens `POST {address}/v1/jobs` with a body streamed from the returned sender; the
@@ -84,7 +90,7 @@ impl NodeClient {
         address: &str,
     ) -> Result<(mpsc::UnboundedSender<Frame>, ResponseFuture), NodeCallError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let request = build(
+        let request = self.build(
             Method::POST,
             &format!("{address}/v1/jobs"),
             Body::frames_unbounded(rx),
@@ -100,6 +106,54 @@ impl NodeClient {
         ))
     }
 
+    /// `POST {address}/v1/jobs/{job_id}/release?max_items=N`: the node gives back up to `max`
+    /// queued (never started) inputs; their indices, answered within `timeout`.
+    pub async fn release_inputs(
+        &self,
+        address: &str,
+        job_id: &str,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u64>, NodeCallError> {
+        #[derive(serde::Deserialize)]
+        struct Released {
+            indices: Vec<u64>,
+        }
+        let request = self.build(
+            Method::POST,
+            &format!("{address}/v1/jobs/{job_id}/release?max_items={max}"),
+            Body::empty(),
+        )?;
+        let call = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|err| NodeCallError::Connection(describe(&err)))?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), 64 << 20)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .map_err(|err| NodeCallError::Connection(err.to_string()))?;
+            if !status.is_success() {
+                return Err(NodeCallError::Status {
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+            }
+            serde_json::from_slice::<Released>(&body)
+                .map(|released| released.indices)
+                .map_err(|err| NodeCallError::Status {
+                    status: status.as_u16(),
+                    body: format!("not a release answer: {err}"),
+                })
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| NodeCallError::Timeout(timeout))?
+    }
+
     /// `DELETE {address}/v1/jobs/{job_id}`, answered within `timeout`.
     pub async fn cancel_job(
         &self,
@@ -107,7 +161,7 @@ impl NodeClient {
         job_id: &str,
         timeout: Duration,
     ) -> Result<(), NodeCallError> {
-        let request = build(
+        let request = self.build(
             Method::DELETE,
             &format!("{address}/v1/jobs/{job_id}"),
             Body::empty(),
@@ -139,6 +193,16 @@ impl NodeClient {
         tokio::time::timeout(timeout, call)
             .await
             .map_err(|_| NodeCallError::Timeout(timeout))?
+    }
+
+    fn build(&self, method: Method, url: &str, body: Body) -> Result<Request<Body>, NodeCallError> {
+        let mut request = build(method, url, body)?;
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, value.clone());
+        }
+        Ok(request)
     }
 }
 

@@ -27,7 +27,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let store = Store::open(&config.db_path)?;
+    let store = Store::open_with_budget(&config.db_path, config.results_budget_bytes)?;
     let addr = listener.local_addr().map_err(Error::Listener)?;
     let url = format!("http://{addr}");
     if let Some(path) = &config.addr_file {

@@ -42,13 +42,14 @@ impl State {
     pub fn new(config: Config, store: Store) -> Self {
         let registry = Registry::new(config.node_timeout, config.max_nodes);
         let jobs = Jobs::new(config.max_jobs);
+        let nodes = NodeClient::new(config.cluster_token.clone());
         Self {
             inner: Arc::new(Inner {
                 config,
                 registry,
                 jobs,
                 store,
-                nodes: NodeClient::new(),
+                nodes,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),

@@ -128,3 +128,97 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     assert_eq!(health.json()["status"], "ok");
     coordinator.shutdown().await;
 }
+
+#[tokio::test]
+async fn node_routes_need_the_cluster_token_and_a_drained_node_leaves() {
+    let token = agent_proto::ClusterToken::new("0123456789abcdef-fleet").expect("valid");
+    let header = token.header_value().to_owned();
+    let coordinator = TestCoordinator::start(move |c| c.cluster_token = Some(token)).await;
+    let registration = serde_json::to_vec(&support::registration(
+        "node-a",
+        "http://127.0.0.1:7071",
+        2,
+        4,
+    ))
+    .expect("serializes");
+
+    let refused = coordinator
+        .send(Method::POST, "/v1/nodes", registration.clone())
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.code(), "unauthorized");
+    assert!(
+        refused.message().contains("--cluster-token-file"),
+        "{}",
+        refused.message()
+    );
+    let wrong = coordinator
+        .send_authorized(
+            Method::POST,
+            "/v1/nodes",
+            registration.clone(),
+            Some("Bearer 0123456789abcdef-fleeT"),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.message().contains("wrong"), "{}", wrong.message());
+
+    let accepted = coordinator
+        .send_authorized(Method::POST, "/v1/nodes", registration, Some(&header))
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK);
+    let info = serde_json::to_vec(&node_info("node-a", "http://x", 2, 4)).expect("serializes");
+    let beat = coordinator
+        .send(Method::POST, "/v1/nodes/node-a/heartbeat", info.clone())
+        .await;
+    assert_eq!(beat.status, StatusCode::UNAUTHORIZED, "heartbeats too");
+    let leave = coordinator
+        .send(Method::DELETE, "/v1/nodes/node-a", Vec::new())
+        .await;
+    assert_eq!(leave.status, StatusCode::UNAUTHORIZED, "leaving too");
+
+    // Client routes are not node routes.
+    let nodes = coordinator.get("/v1/nodes").await;
+    assert_eq!(nodes.status, StatusCode::OK);
+    assert_eq!(nodes.json()[0]["draining"], false);
+    assert_eq!(nodes.json()[0]["jobs_running"], serde_json::json!([]));
+
+    let mut draining = node_info("node-a", "http://x", 2, 4);
+    draining.draining = true;
+    let beat = coordinator
+        .send_authorized(
+            Method::POST,
+            "/v1/nodes/node-a/heartbeat",
+            serde_json::to_vec(&draining).expect("serializes"),
+            Some(&header),
+        )
+        .await;
+    assert_eq!(beat.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        coordinator.get("/v1/nodes").await.json()[0]["draining"],
+        true
+    );
+    let leave = coordinator
+        .send_authorized(
+            Method::DELETE,
+            "/v1/nodes/node-a",
+            Vec::new(),
+            Some(&header),
+        )
+        .await;
+    assert_eq!(leave.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        coordinator.get("/v1/nodes").await.json(),
+        serde_json::json!([])
+    );
+    let again = coordinator
+        .send_authorized(
+            Method::DELETE,
+            "/v1/nodes/node-a",
+            Vec::new(),
+            Some(&header),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    coordinator.shutdown().await;
+}

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent_proto::ClusterToken;
 use fleetmap_sandbox::{CgroupConfig, CgroupMode, DEFAULT_CGROUP_ROOT, DEFAULT_PROC_ROOT};
+
+use crate::drain::Drain;
 
 /// Everything `run` needs besides the listener and the shutdown signal.
 #[derive(Debug, Clone)]
@@ -52,6 +55,14 @@ pub struct Config {
     pub env_warm_max: usize,
     /// Warm workers per built environment; the main pool's size if unset.
     pub env_pool_size: Option<u32>,
+    /// The fleet's shared secret (`--cluster-token-file` / `FLEETMAP_CLUSTER_TOKEN`).
+    pub cluster_token: Option<ClusterToken>,
+    /// Drain handle: whoever holds a clone can start a drain and wait for it to finish.
+    pub drain: Drain,
+    /// TEST ONLY: advertise and allocate this many one-CPU slots instead of the machine's CPUs
+    /// (`--test-only-simulated-slots`); instances then share the real CPUs. For scale
+    /// benchmarks of the coordinator, never for real work.
+    pub simulated_slots: Option<u32>,
 }
 
 /// Where the daemon reads its GPUs from.
@@ -104,6 +115,9 @@ impl Config {
             env_disk_budget_bytes: 20 << 30,
             env_warm_max: 3,
             env_pool_size: None,
+            cluster_token: None,
+            drain: Drain::new(),
+            simulated_slots: None,
         }
     }
 

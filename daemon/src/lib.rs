@@ -9,7 +9,8 @@
 //! - [`env`]: the environment cache (images and venvs by content hash, single-flight builds);
 //! - [`capacity`]: CPU/RAM/GPU slots from the sandbox crate's allocator;
 //! - [`gpus`]: the GPU inventory (NVML, or a test-only list) read into the allocator;
-//! - [`coordinator`]: registration and heartbeats;
+//! - [`coordinator`]: registration and heartbeats (with the cluster token), leaving after a drain;
+//! - [`drain`]: draining (no new work, finish what runs, leave);
 //! - [`server`]: the accept loop, startup and graceful shutdown.
 //!
 //! The daemon never unpickles anything: payloads stay opaque `Bytes`.
@@ -19,6 +20,7 @@ pub mod capacity;
 pub mod config;
 pub mod conn;
 pub mod coordinator;
+pub mod drain;
 pub mod env;
 pub mod error;
 pub mod gpus;
@@ -29,5 +31,6 @@ pub mod server;
 pub mod state;
 
 pub use config::{Config, GpuSource, Limits, RuntimeKind};
+pub use drain::Drain;
 pub use error::DaemonError;
 pub use server::run;

@@ -1,15 +1,19 @@
-//! `fleetmapd`: parses flags, sets up logging, binds, and runs the daemon until SIGTERM or
-//! SIGINT. Errors become exit codes here and nowhere else.
+//! `fleetmapd`: parses flags, sets up logging, binds, and runs the daemon. SIGTERM drains (no
+//! new work, finish what runs, leave the fleet, then exit; bounded by `--drain-timeout-s`, and a
+//! second SIGTERM or SIGINT stops at once); SIGINT stops at once. Errors become exit codes here
+//! and nowhere else.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use agent_proto::{ClusterToken, CLUSTER_TOKEN_ENV};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fleetmap_sandbox::CgroupMode;
-use fleetmapd::Config;
+use fleetmapd::{Config, Drain};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -124,6 +128,17 @@ struct Args {
     /// Warm workers per built environment (default: the pool size).
     #[arg(long)]
     env_pool_size: Option<u32>,
+    /// File holding the fleet's cluster token (sent to the coordinator, required from it);
+    /// FLEETMAP_CLUSTER_TOKEN is used when no file is given. Without either the API is open.
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
+    /// How long SIGTERM waits for running jobs to finish before stopping them.
+    #[arg(long, default_value_t = 300)]
+    drain_timeout_s: u64,
+    /// TEST ONLY: advertise N simulated one-CPU, 1-GiB slots that share the real CPUs (needs
+    /// --cgroups off). For coordinator scale benchmarks; never for real work.
+    #[arg(long, value_name = "N")]
+    test_only_simulated_slots: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -217,6 +232,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if let Some(list) = args.test_only_fake_gpus {
         config.gpus = fleetmapd::GpuSource::TestOnlyFake(list);
     }
+    config.cluster_token = cluster_token(args.cluster_token_file.as_deref())?;
+    if let Some(slots) = args.test_only_simulated_slots {
+        if !matches!(args.cgroups, Cgroups::Off) || slots == 0 {
+            anyhow::bail!("--test-only-simulated-slots needs --cgroups off and at least one slot: simulated CPU ids cannot be enforced");
+        }
+        config.simulated_slots = Some(slots);
+    }
+    let drain = Drain::new();
+    config.drain = drain.clone();
+    let drain_timeout = Duration::from_secs(args.drain_timeout_s);
     config.container_network = match args.container_network {
         NetworkArg::Bridge => "bridge".to_string(),
         NetworkArg::None => "none".to_string(),
@@ -229,8 +254,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received: draining"),
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                return;
+            }
+            _ = drain.requested() => tracing::info!("drain requested"),
+        }
+        drain.request();
+        tokio::select! {
+            _ = drain.finished() => tracing::info!("drained"),
+            _ = tokio::time::sleep(drain_timeout) => {
+                tracing::warn!(timeout_s = drain_timeout.as_secs(), "drain timed out; stopping the jobs left");
+            }
+            _ = term.recv() => tracing::info!("second SIGTERM: stopping now"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping now"),
         }
     };
     fleetmapd::run(config, listener, shutdown).await?;
@@ -248,6 +286,19 @@ fn base_url(text: &str) -> Result<String, String> {
         }
         _ => Err("write it as http://host:port or https://host:port, with no path".to_string()),
     }
+}
+
+/// The cluster token from `file`, else from FLEETMAP_CLUSTER_TOKEN, else none.
+fn cluster_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterToken>> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster token file {}", path.display()))?,
+        None => match std::env::var(CLUSTER_TOKEN_ENV) {
+            Ok(text) => text,
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some(ClusterToken::new(&text)?))
 }
 
 fn init_tracing(format: LogFormat) {

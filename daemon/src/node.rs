@@ -24,5 +24,6 @@ pub fn info(daemon: &Daemon) -> NodeInfo {
         jobs: u32::try_from(d.registry.live_count()).unwrap_or(u32::MAX),
         pool: d.runtime.pool(),
         gpus: d.capacity.gpus(),
+        draining: d.drain.is_requested(),
     }
 }

@@ -60,7 +60,14 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&progress_dir);
     std::fs::create_dir_all(&progress_dir)
         .map_err(|e| DaemonError::io("mkdir", &progress_dir, e))?;
-    let inventory = Inventory::detect_with_roots(&config.cgroup_root, &config.proc_root)?;
+    let mut inventory = Inventory::detect_with_roots(&config.cgroup_root, &config.proc_root)?;
+    if let Some(slots) = config.simulated_slots {
+        inventory = simulated(&inventory, slots);
+        warn!(
+            slots,
+            "TEST ONLY: advertising simulated slots that share the real CPUs; never use this for real work"
+        );
+    }
     let cgroups: Arc<dyn SlotCgroups> =
         Arc::from(detect(&config.cgroup_config(), config.cgroup_mode)?);
     let cleanup = {
@@ -102,6 +109,8 @@ pub async fn run(
         envs,
         progress_dir,
         shutdown: CancellationToken::new(),
+        drain: config.drain.clone(),
+        cluster_token: config.cluster_token.clone(),
     });
     tokio::spawn(crate::gpus::keep_fresh(
         gpu_inventory.clone(),
@@ -116,6 +125,11 @@ pub async fn run(
         tokio::spawn(crate::coordinator::heartbeat(
             daemon.clone(),
             coordinator,
+            daemon.inner().shutdown.clone(),
+        ));
+    } else {
+        tokio::spawn(crate::drain::finish_when_idle(
+            daemon.clone(),
             daemon.inner().shutdown.clone(),
         ));
     }
@@ -359,6 +373,15 @@ async fn stop(daemon: &Daemon, graceful: GracefulShutdown) {
     }
     d.runtime.shutdown().await;
     info!("fleetmapd stopped");
+}
+
+/// TEST ONLY (`--test-only-simulated-slots`): `slots` one-CPU slots of 1 GiB each (at least
+/// the real RAM), with CPU ids that need not exist; only valid with cgroups off.
+fn simulated(real: &Inventory, slots: u32) -> Inventory {
+    Inventory {
+        cpus: (0..slots).collect(),
+        ram_bytes: real.ram_bytes.max(u64::from(slots) << 30),
+    }
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename.

@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agent_proto::ClusterToken;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::Capacity;
 use crate::config::Limits;
 use crate::env::EnvCache;
+use crate::drain::Drain;
 use crate::job::registry::Registry;
 use crate::job::supervisor::JobContext;
 use crate::runtime::Runtime;
@@ -40,6 +42,11 @@ pub struct Inner {
     pub envs: EnvCache,
     /// Cancelled when the daemon starts shutting down: no new jobs from then on.
     pub shutdown: CancellationToken,
+    /// Draining: no new jobs, finish what runs, leave the fleet.
+    pub drain: Drain,
+    /// The fleet's shared secret: required on every route but health, sent to the
+    /// coordinator. `None`: open (local use).
+    pub cluster_token: Option<ClusterToken>,
 }
 
 impl Daemon {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agent_proto::{HeartbeatAnswer, SOFTWARE_VERSION};
+use agent_proto::{Frame, FrameKind, HeartbeatAnswer, JobEnd, SOFTWARE_VERSION};
 use http::{Response, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -16,6 +16,12 @@ use crate::store::JobRecord;
 
 /// How long `DELETE /v1/jobs/{id}` waits for the job to finish cancelling before answering.
 const CANCEL_WAIT: Duration = Duration::from_secs(3);
+
+/// Payload bytes of stored results read from the database per page.
+const RESULT_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Stored result frames queued for a fetching client before reading waits.
+const RESULT_QUEUE: usize = 16;
 
 #[derive(Serialize)]
 struct Health {
@@ -47,10 +53,45 @@ pub async fn apply(state: &State, command: Command) -> Result<Response<Body>, Er
             state.registry.heartbeat(&node_id, info, Instant::now())?;
             Ok(Body::status_response(StatusCode::NO_CONTENT))
         }
-        Command::ListNodes => Ok(Body::json_response(
-            StatusCode::OK,
-            &state.registry.views(Instant::now()),
-        )),
+        Command::ListNodes => {
+            let mut views = state.registry.views(Instant::now());
+            let jobs: Vec<(String, Vec<String>)> = state
+                .jobs
+                .all()
+                .iter()
+                .map(|job| (job.job_id.clone(), job.nodes()))
+                .collect();
+            for view in &mut views {
+                view.jobs_running = jobs
+                    .iter()
+                    .filter(|(_, nodes)| nodes.contains(&view.info.node_id))
+                    .map(|(job_id, _)| job_id.clone())
+                    .collect();
+                view.jobs_running.sort_unstable();
+            }
+            Ok(Body::json_response(StatusCode::OK, &views))
+        }
+        Command::LeaveNode { node_id } => {
+            state.registry.leave(&node_id)?;
+            Ok(Body::status_response(StatusCode::NO_CONTENT))
+        }
+        Command::JobResults { job_id } => stored_results(state, job_id).await,
+        Command::DeleteResults { job_id } => {
+            if let Some(handle) = state.jobs.get(&job_id) {
+                let record = handle.record();
+                return Err(Error::StillRunning {
+                    job_id,
+                    done: record.done + record.failed,
+                    inputs: record.inputs,
+                });
+            }
+            let record = stored(state, &job_id).await?;
+            if !record.stored_results {
+                return Err(Error::NoResults(job_id));
+            }
+            state.store.delete_results(&job_id).await?;
+            Ok(Body::status_response(StatusCode::NO_CONTENT))
+        }
         Command::SubmitJob(submission) => jobs::submit(state, *submission).await,
         Command::AddInputs { job_id, frames } => {
             let Some(handle) = state.jobs.get(&job_id) else {
@@ -91,6 +132,52 @@ pub async fn apply(state: &State, command: Command) -> Result<Response<Body>, Er
             Ok(Body::json_response(StatusCode::ACCEPTED, &record))
         }
     }
+}
+
+/// `GET /v1/jobs/{id}/results`: the stored RESULTS and FAILURE frames of an ended detached
+/// job, read from the database page by page as the client reads, then END.
+async fn stored_results(state: &State, job_id: String) -> Result<Response<Body>, Error> {
+    if let Some(handle) = state.jobs.get(&job_id) {
+        let record = handle.record();
+        return Err(Error::StillRunning {
+            job_id,
+            done: record.done + record.failed,
+            inputs: record.inputs,
+        });
+    }
+    let record = stored(state, &job_id).await?;
+    if !record.stored_results {
+        return Err(Error::NoResults(job_id));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(RESULT_QUEUE);
+    let store = state.store.clone();
+    state.tasks.spawn(async move {
+        let mut next = Some(0);
+        while let Some(from) = next {
+            let page = match store.result_page(&job_id, from, RESULT_PAGE_BYTES).await {
+                Ok(page) => page,
+                Err(err) => {
+                    // Ending without END tells the client the stream broke.
+                    tracing::error!(job = %job_id, cause = %err, "cannot read stored results");
+                    return;
+                }
+            };
+            for frame in page.frames {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            next = page.next_seq;
+        }
+        let end = JobEnd {
+            state: record.state,
+            done: record.done,
+            failed: record.failed,
+            message: record.message,
+        };
+        let _ = tx.send(Frame::json(FrameKind::End, &end)).await;
+    });
+    Ok(Body::frames_response(rx))
 }
 
 async fn stored(state: &State, job_id: &str) -> Result<JobRecord, Error> {

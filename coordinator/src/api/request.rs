@@ -1,9 +1,9 @@
 //! Turns an HTTP request into a typed [`Command`]: the route, its parameters and its parsed body.
 //! Nothing here acts on the coordinator's state (firecracker's `parsed_request.rs`).
 
-use agent_proto::{Frame, FrameKind, JobSpec, NodeInfo, NodeRegistration};
+use agent_proto::{ClusterToken, Frame, FrameKind, JobSpec, NodeInfo, NodeRegistration};
 use bytes::Bytes;
-use http::{Method, Request};
+use http::{header, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -47,6 +47,11 @@ pub enum Command {
     },
     /// `GET /v1/nodes`.
     ListNodes,
+    /// `DELETE /v1/nodes/{id}`: a drained node leaves the fleet.
+    LeaveNode {
+        /// The node.
+        node_id: String,
+    },
     /// `POST /v1/jobs`.
     SubmitJob(Box<Submission>),
     /// `POST /v1/jobs/{id}/inputs`.
@@ -71,6 +76,16 @@ pub enum Command {
         /// The job.
         job_id: String,
     },
+    /// `GET /v1/jobs/{id}/results`: a detached job's stored results.
+    JobResults {
+        /// The job.
+        job_id: String,
+    },
+    /// `DELETE /v1/jobs/{id}/results`: forget a detached job's stored results.
+    DeleteResults {
+        /// The job.
+        job_id: String,
+    },
 }
 
 /// Every (method, path template) the router serves; `tests/openapi.rs` checks it against
@@ -79,12 +94,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
     ("GET", "/v1/nodes"),
     ("POST", "/v1/nodes"),
+    ("DELETE", "/v1/nodes/{node_id}"),
     ("POST", "/v1/nodes/{node_id}/heartbeat"),
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs/{job_id}"),
     ("DELETE", "/v1/jobs/{job_id}"),
     ("POST", "/v1/jobs/{job_id}/inputs"),
+    ("GET", "/v1/jobs/{job_id}/results"),
+    ("DELETE", "/v1/jobs/{job_id}/results"),
 ];
 
 /// The coordinator's routes, as documented in `coordinator.json`.
@@ -94,6 +112,8 @@ pub enum Route {
     Health,
     /// `/v1/nodes`
     Nodes,
+    /// `/v1/nodes/{id}`
+    Node(String),
     /// `/v1/nodes/{id}/heartbeat`
     Heartbeat(String),
     /// `/v1/jobs`
@@ -102,6 +122,8 @@ pub enum Route {
     Job(String),
     /// `/v1/jobs/{id}/inputs`
     JobInputs(String),
+    /// `/v1/jobs/{id}/results`
+    JobResults(String),
 }
 
 impl Route {
@@ -112,10 +134,12 @@ impl Route {
         Some(match segments.as_slice() {
             ["health"] => Self::Health,
             ["nodes"] => Self::Nodes,
+            ["nodes", id] if !id.is_empty() => Self::Node((*id).to_owned()),
             ["nodes", id, "heartbeat"] if !id.is_empty() => Self::Heartbeat((*id).to_owned()),
             ["jobs"] => Self::Jobs,
             ["jobs", id] if !id.is_empty() => Self::Job((*id).to_owned()),
             ["jobs", id, "inputs"] if !id.is_empty() => Self::JobInputs((*id).to_owned()),
+            ["jobs", id, "results"] if !id.is_empty() => Self::JobResults((*id).to_owned()),
             _ => return None,
         })
     }
@@ -126,7 +150,17 @@ impl Route {
             Self::Health => "GET",
             Self::Nodes | Self::Jobs => "GET, POST",
             Self::Heartbeat(_) | Self::JobInputs(_) => "POST",
-            Self::Job(_) => "GET, DELETE",
+            Self::Job(_) | Self::JobResults(_) => "GET, DELETE",
+            Self::Node(_) => "DELETE",
+        }
+    }
+
+    /// Whether only holders of the cluster token may call it (the routes nodes call).
+    pub fn for_nodes(&self, method: &Method) -> bool {
+        match self {
+            Self::Nodes => method == Method::POST,
+            Self::Node(_) | Self::Heartbeat(_) => true,
+            _ => false,
         }
     }
 }
@@ -156,13 +190,27 @@ async fn within<T>(
         }))
 }
 
-/// Parses a request into a command; the error says what is wrong with it.
-pub async fn parse(req: Request<Incoming>, limits: Limits) -> Result<Command, Error> {
+/// Parses a request into a command; the error says what is wrong with it. Node routes need
+/// `token` (when the coordinator has one) before their body is read.
+pub async fn parse(
+    req: Request<Incoming>,
+    limits: Limits,
+    token: Option<&ClusterToken>,
+) -> Result<Command, Error> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let route = Route::parse(path).ok_or_else(|| Error::RouteNotFound {
         path: path.to_owned(),
     })?;
+    if let Some(token) = token {
+        if route.for_nodes(&parts.method) {
+            let sent = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            token.verify(sent)?;
+        }
+    }
     match (route, &parts.method) {
         (Route::Health, &Method::GET) => Ok(Command::Health),
         (Route::Nodes, &Method::GET) => Ok(Command::ListNodes),
@@ -174,6 +222,7 @@ pub async fn parse(req: Request<Incoming>, limits: Limits) -> Result<Command, Er
             )
             .await?,
         )),
+        (Route::Node(node_id), &Method::DELETE) => Ok(Command::LeaveNode { node_id }),
         (Route::Heartbeat(node_id), &Method::POST) => Ok(Command::Heartbeat {
             node_id,
             info: within(
@@ -196,6 +245,8 @@ pub async fn parse(req: Request<Incoming>, limits: Limits) -> Result<Command, Er
         ))),
         (Route::Job(job_id), &Method::GET) => Ok(Command::GetJob { job_id }),
         (Route::Job(job_id), &Method::DELETE) => Ok(Command::CancelJob { job_id }),
+        (Route::JobResults(job_id), &Method::GET) => Ok(Command::JobResults { job_id }),
+        (Route::JobResults(job_id), &Method::DELETE) => Ok(Command::DeleteResults { job_id }),
         (Route::JobInputs(job_id), &Method::POST) => Ok(Command::AddInputs {
             job_id,
             frames: FrameReader::new(body, limits.max_frame_bytes),

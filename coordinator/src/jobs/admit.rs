@@ -123,6 +123,7 @@ async fn record_refusal(
             func_cpu: spec.func_cpu,
             func_ram_gb: spec.func_ram_gb,
             message: Some(err.to_string()),
+            stored_results: false,
         })
         .await;
 }

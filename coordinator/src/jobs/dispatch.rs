@@ -160,10 +160,15 @@ impl JobRun {
         Ok(())
     }
 
-    /// Once the client sent INPUTS_END and nothing is held, tells every stream there is no more.
+    /// Once the client sent INPUTS_END and nothing is held, tells each stream that holds no
+    /// input there is no more, unless queued work may still move to it (see `rebalance`).
     pub(super) fn close_node_inputs_if_done(&mut self) {
-        if self.inputs_ended && self.pending.is_empty() {
-            for stream in &mut self.streams {
+        if !self.inputs_ended || !self.pending.is_empty() {
+            return;
+        }
+        let keep_open = self.tail_unsettled();
+        for stream in &mut self.streams {
+            if stream.items == 0 && !(keep_open && stream.state.can_send_inputs()) {
                 stream.close_inputs();
             }
         }

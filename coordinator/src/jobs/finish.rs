@@ -67,6 +67,7 @@ impl JobRun {
             inputs = record.inputs,
             done = record.done,
             failed = record.failed,
+            moved_in_tail = self.moved,
             message = outcome.message.as_deref().unwrap_or(""),
             "job ended"
         );

@@ -98,6 +98,7 @@ mod tests {
                         ..GpuInfo::default()
                     })
                     .collect(),
+                draining: false,
             },
         }
     }

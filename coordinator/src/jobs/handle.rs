@@ -55,6 +55,9 @@ pub struct JobHandle {
     cancel_reason: OnceLock<String>,
     ended: CancellationToken,
     live: Live,
+    /// Nodes the job has an active stream on (for `GET /v1/nodes`). std Mutex: replaced
+    /// whole when streams change, never held across an await.
+    nodes: Mutex<Vec<String>>,
 }
 
 impl JobHandle {
@@ -71,6 +74,7 @@ impl JobHandle {
             cancel: CancellationToken::new(),
             cancel_reason: OnceLock::new(),
             ended: CancellationToken::new(),
+            nodes: Mutex::new(Vec::new()),
             live: Live {
                 created_at_ms,
                 func_cpu: spec.func_cpu,
@@ -184,6 +188,22 @@ impl JobHandle {
         };
     }
 
+    /// Records the nodes the job runs on now.
+    pub(crate) fn set_nodes(&self, nodes: Vec<String>) {
+        *self
+            .nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = nodes;
+    }
+
+    /// The nodes the job runs on now.
+    pub fn nodes(&self) -> Vec<String> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// The job's current state.
     pub fn state(&self) -> JobState {
         self.state_lock().state
@@ -207,6 +227,7 @@ impl JobHandle {
             func_cpu: self.live.func_cpu,
             func_ram_gb: self.live.func_ram_gb,
             message,
+            stored_results: self.detach,
         }
     }
 }

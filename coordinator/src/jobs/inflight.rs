@@ -203,6 +203,23 @@ impl InFlight {
         self.take_where(|entry| entry.slot as Slot == slot)
     }
 
+    /// Takes those of `indices` that `slot` still holds, in index order (inputs its node gave
+    /// back unstarted); each with its payload size.
+    pub fn take_released(&mut self, slot: Slot, indices: &[u64]) -> Vec<(Item, usize)> {
+        let mut items = Vec::with_capacity(indices.len());
+        for index in indices {
+            if self.owner(*index) != Some(slot) {
+                continue;
+            }
+            if let Some(entry) = self.map.remove(index) {
+                items.push((Item::new(*index, self.payload(&entry)), entry.len as usize));
+                self.answered(entry.frame);
+            }
+        }
+        items.sort_by_key(|(item, _)| item.index);
+        items
+    }
+
     /// Takes every input, in index order.
     pub fn take_all(&mut self) -> Vec<Item> {
         self.take_where(|_| true)
@@ -291,6 +308,28 @@ mod tests {
         );
         assert_eq!(all[0].payload, Bytes::from_static(b"one"));
         assert_eq!(table.held_frames(), 0);
+    }
+
+    #[test]
+    fn released_inputs_leave_with_their_payloads_only_from_their_holder() {
+        let mut table = InFlight::new();
+        hold(&mut table, 0, &[(1, b"one"), (2, b"two"), (3, b"three")]).expect("new");
+        hold(&mut table, 1, &[(4, b"four")]).expect("new");
+        let taken = table.take_released(0, &[3, 1, 4, 9]);
+        let got: Vec<(u64, usize)> = taken.iter().map(|(i, len)| (i.index, *len)).collect();
+        assert_eq!(
+            got,
+            vec![(1, 3), (3, 5)],
+            "4 is another stream's, 9 unknown"
+        );
+        assert_eq!(taken[1].0.payload, Bytes::from_static(b"three"));
+        assert_eq!(table.owner(2), Some(0));
+        assert_eq!(table.owner(4), Some(1));
+        assert_eq!(
+            table.complete(1, 0),
+            None,
+            "a released input's answer is stale"
+        );
     }
 
     #[test]

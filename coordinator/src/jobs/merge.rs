@@ -33,6 +33,7 @@ impl JobRun {
                 Ok(())
             }
             NodeEventKind::Refused { status, body } => self.stream_refused(slot, status, body),
+            NodeEventKind::Released { indices } => self.on_released(slot, indices),
             NodeEventKind::Broken { reason, loss } => self.stream_broken(slot, &reason, loss),
             NodeEventKind::Frame(frame) => {
                 let active = self.streams.get(slot).is_some_and(|s| s.state.is_active());
@@ -174,8 +175,12 @@ impl JobRun {
         }
     }
 
-    /// Sends a frame to the client; a non-detached job ends when the client is gone.
+    /// Sends a frame to the client; a non-detached job ends when the client is gone. A detached
+    /// job also stores its RESULTS and FAILURE frames, to be fetched later.
     pub(super) async fn forward(&mut self, frame: Frame) -> Result<(), Outcome> {
+        if self.spec.detach && matches!(frame.kind, FrameKind::Results | FrameKind::Failure) {
+            self.keep(&frame).await?;
+        }
         let Some(tx) = self.client.sender() else {
             return Ok(());
         };
@@ -191,6 +196,26 @@ impl JobRun {
         } else {
             self.client_gone()
         }
+    }
+
+    /// Stores a result frame of a detached job, within the coordinator's result budget.
+    async fn keep(&mut self, frame: &Frame) -> Result<(), Outcome> {
+        let store = &self.state.store;
+        if !store.reserve_results(frame.body.len() as u64) {
+            let err = crate::error::Error::ResultBudget {
+                job_id: self.spec.job_id.clone(),
+                budget: self.state.config.results_budget_bytes,
+            };
+            return Err(Outcome::failed(err.to_string()));
+        }
+        let rows = crate::store::ResultRows {
+            job_id: self.spec.job_id.clone(),
+            first_seq: self.stored_frames,
+            frames: vec![frame.clone()],
+        };
+        self.stored_frames += 1;
+        store.put_results(rows).await;
+        Ok(())
     }
 
     fn client_gone(&mut self) -> Result<(), Outcome> {

@@ -17,6 +17,7 @@ mod inputs;
 mod merge;
 pub mod node_stream;
 pub mod plan;
+mod rebalance;
 mod run;
 mod streams;
 

@@ -37,6 +37,11 @@ pub enum NodeEventKind {
     },
     /// A frame from the node.
     Frame(Frame),
+    /// The node gave back these queued, never started inputs (empty: none, or the call failed).
+    Released {
+        /// Their indices.
+        indices: Vec<u64>,
+    },
     /// The stream broke before END.
     Broken {
         /// What happened.

@@ -254,6 +254,7 @@ mod tests {
                 jobs: 0,
                 pool: PoolInfo::default(),
                 gpus: vec![],
+                draining: false,
             },
         }
     }

@@ -22,6 +22,9 @@ use crate::state::State;
 /// Aggregated STATUS frames go to the client at most this often.
 pub const STATUS_EVERY: Duration = Duration::from_millis(200);
 
+/// How often the tail is checked for queued work to move to idle instances.
+const REBALANCE_EVERY: Duration = Duration::from_millis(100);
+
 /// Node events queued for the job task before relays wait (backpressure to the nodes).
 const EVENT_QUEUE: usize = 256;
 
@@ -133,6 +136,10 @@ pub struct JobRun {
     pub(super) done: u64,
     pub(super) failed: u64,
     pub(super) status_dirty: bool,
+    /// Result frames of a detached job stored so far (the next one's sequence number).
+    pub(super) stored_frames: u64,
+    /// Inputs moved off busy nodes in the tail.
+    pub(super) moved: u64,
 }
 
 impl JobRun {
@@ -172,6 +179,8 @@ impl JobRun {
             done: 0,
             failed: 0,
             status_dirty: false,
+            stored_frames: 0,
+            moved: 0,
         }
     }
 
@@ -201,6 +210,8 @@ impl JobRun {
         // The first STATUS comes after one period: a short job needs none.
         let mut status_tick = tokio::time::interval_at(Instant::now() + STATUS_EVERY, STATUS_EVERY);
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut rebalance_tick = tokio::time::interval(REBALANCE_EVERY);
+        rebalance_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             // Credit came back: held (re-dispatched) inputs go before new client inputs.
             if !self.pending.is_empty() && self.has_credit() {
@@ -208,9 +219,12 @@ impl JobRun {
                     return outcome;
                 }
             }
+            // Streams that emptied close their inputs (once nothing may move to them).
+            self.close_node_inputs_if_done();
             if let Some(outcome) = self.completed() {
                 return outcome;
             }
+            let balance = self.tail_unsettled();
             let take_input = !self.inputs_ended && self.pending.is_empty() && self.has_credit();
             let give_up_at = self
                 .waiting_since
@@ -225,6 +239,10 @@ impl JobRun {
                 _ = self.client.closed(), if self.client.connected() => self.client_left(),
                 Ok(()) = self.changes.changed() => self.on_fleet_change(),
                 _ = status_tick.tick(), if self.status_dirty => self.send_status().await,
+                _ = rebalance_tick.tick(), if balance => {
+                    self.rebalance();
+                    Ok(())
+                }
                 _ = tokio::time::sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => {
                     Err(self.give_up().await)
                 }

@@ -74,12 +74,18 @@ pub struct NodeStream {
     window_bytes: usize,
     /// Latest STATUS it sent.
     pub progress: JobProgress,
+    /// A request to give back queued inputs is under way.
+    pub releasing: bool,
+    /// Its node had nothing queued to give back: not asked again.
+    pub release_exhausted: bool,
+    /// It gave inputs back (it is slower than the others): it gets no more.
+    pub gave_back: bool,
 }
 
 impl NodeStream {
     /// Inputs it may take now.
     pub fn credit(&self) -> usize {
-        if !self.state.can_send_inputs() || self.bytes >= self.window_bytes {
+        if !self.state.can_send_inputs() || self.gave_back || self.bytes >= self.window_bytes {
             return 0;
         }
         self.window_items.saturating_sub(self.items)
@@ -182,7 +188,11 @@ impl JobRun {
                 .clamp(per_instance, 1 << 20),
             window_bytes: self.state.config.window_bytes,
             progress: JobProgress::default(),
+            releasing: false,
+            release_exhausted: false,
+            gave_back: false,
         });
+        self.publish_nodes();
         slot
     }
 
@@ -249,6 +259,7 @@ impl JobRun {
             self.pending.push_front(item);
         }
         self.status_dirty = true;
+        self.publish_nodes();
         count
     }
 
@@ -339,16 +350,36 @@ impl JobRun {
         self.after_loss(|_| Error::NoNodeAccepted("the node ended the job at once".to_owned()))
     }
 
-    /// A node appeared, died or came back: drop streams to dead nodes, and place waiting
-    /// inputs if a node can take them now.
+    /// A node appeared, died, came back or started draining: drop streams to dead nodes, stop
+    /// sending inputs to draining ones (they finish what they hold), and place waiting inputs
+    /// if a node can take them now.
     pub(super) fn on_fleet_change(&mut self) -> Result<(), Outcome> {
         let now = Instant::now();
         for slot in 0..self.streams.len() {
             let stream = &self.streams[slot];
             if stream.state.is_active() && !self.state.registry.is_alive(&stream.node_id, now) {
                 self.stream_broken(slot, "it stopped heartbeating", Loss::Silent)?;
+            } else if stream.state.can_send_inputs()
+                && self.state.registry.is_draining(&stream.node_id)
+            {
+                debug!(job = %self.spec.job_id, node = %stream.node_id, held = stream.items, "node drains: its stream takes no more inputs");
+                self.streams[slot].close_inputs();
             }
         }
+        self.publish_nodes();
         self.flush_pending()
+    }
+
+    /// Publishes the nodes with an active stream, for `GET /v1/nodes`.
+    pub(super) fn publish_nodes(&self) {
+        let mut nodes: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|s| s.state.is_active())
+            .map(|s| s.node_id.clone())
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        self.handle.set_nodes(nodes);
     }
 }

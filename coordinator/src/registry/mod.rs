@@ -125,20 +125,36 @@ impl Registry {
 
     /// Records a heartbeat; `NodeNotFound` tells the node to register again.
     pub fn heartbeat(&self, node_id: &str, mut info: NodeInfo, now: Instant) -> Result<(), Error> {
-        let revived = {
+        let (revived, drains) = {
             let mut nodes = self.nodes();
             let entry = nodes
                 .get_mut(node_id)
                 .ok_or_else(|| Error::NodeNotFound(node_id.to_owned()))?;
             info.node_id = node_id.to_owned();
             info.address.clone_from(&entry.address);
+            let drains = info.draining && !entry.info.draining;
             entry.info = info;
-            entry.liveness.heartbeat(now, self.inner.timeout)
+            (entry.liveness.heartbeat(now, self.inner.timeout), drains)
         };
         if revived {
             info!(node = %node_id, "node is alive again");
+        }
+        if drains {
+            info!(node = %node_id, "node is draining: it gets no new inputs");
+        }
+        if revived || drains {
             self.bump();
         }
+        Ok(())
+    }
+
+    /// Forgets a node that left the fleet (after draining); `NodeNotFound` if it was unknown.
+    pub fn leave(&self, node_id: &str) -> Result<(), Error> {
+        self.nodes()
+            .remove(node_id)
+            .ok_or_else(|| Error::NodeNotFound(node_id.to_owned()))?;
+        info!(node = %node_id, "node left the fleet");
+        self.bump();
         Ok(())
     }
 
@@ -182,6 +198,13 @@ impl Registry {
         dead
     }
 
+    /// Whether `node_id` is draining (it finishes what it holds and takes nothing new).
+    pub fn is_draining(&self, node_id: &str) -> bool {
+        self.nodes()
+            .get(node_id)
+            .is_some_and(|entry| entry.info.draining)
+    }
+
     /// Whether `node_id` is alive at `now`.
     pub fn is_alive(&self, node_id: &str, now: Instant) -> bool {
         self.nodes()
@@ -189,12 +212,13 @@ impl Registry {
             .is_some_and(|entry| entry.liveness.is_alive(now, self.inner.timeout))
     }
 
-    /// The live nodes, sorted by id.
+    /// The live nodes that take work (not draining), sorted by id.
     pub fn live(&self, now: Instant) -> Vec<LiveNode> {
         let mut live: Vec<LiveNode> = self
             .nodes()
             .iter()
             .filter(|(_, entry)| entry.liveness.is_alive(now, self.inner.timeout))
+            .filter(|(_, entry)| !entry.info.draining)
             .map(|(id, entry)| LiveNode {
                 node_id: id.clone(),
                 address: entry.address.clone(),
@@ -214,6 +238,7 @@ impl Registry {
                 info: entry.info.clone(),
                 alive: entry.liveness.is_alive(now, self.inner.timeout),
                 last_seen_ms: entry.liveness.last_seen_ms(now),
+                jobs_running: Vec::new(),
             })
             .collect();
         views.sort_by(|a, b| a.info.node_id.cmp(&b.info.node_id));
@@ -288,6 +313,7 @@ mod tests {
             jobs: 0,
             pool: PoolInfo::default(),
             gpus: vec![],
+            draining: false,
         }
     }
 
@@ -373,6 +399,34 @@ mod tests {
         registry.connection_failed("a", "connection refused", Instant::now());
         assert!(!registry.is_alive("a", Instant::now()));
         assert!(registry.reap(Instant::now()).is_empty(), "announced once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_nodes_take_no_work_and_leaving_forgets_them() {
+        let registry = Registry::new(Duration::from_secs(5), 10);
+        registry
+            .register(registration("a"), Instant::now())
+            .expect("valid");
+        let mut changes = registry.subscribe();
+        changes.mark_unchanged();
+        let mut draining = info("a", 2, 4);
+        draining.draining = true;
+        registry
+            .heartbeat("a", draining.clone(), Instant::now())
+            .expect("known");
+        assert!(changes.has_changed().expect("open"), "draining is a change");
+        changes.mark_unchanged();
+        assert!(registry.is_draining("a"));
+        assert!(registry.is_alive("a", Instant::now()));
+        assert!(registry.live(Instant::now()).is_empty(), "not placed on");
+        registry
+            .heartbeat("a", draining, Instant::now())
+            .expect("known");
+        assert!(!changes.has_changed().expect("open"), "announced once");
+        registry.leave("a").expect("known");
+        assert!(changes.has_changed().expect("open"));
+        assert!(registry.views(Instant::now()).is_empty());
+        assert!(matches!(registry.leave("a"), Err(Error::NodeNotFound(_))));
     }
 
     #[test]

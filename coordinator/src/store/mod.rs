@@ -1,15 +1,18 @@
-//! Job records in embedded SQLite (WAL), owned by one dedicated writer thread fed by a channel:
-//! admitting or finishing a job only queues a record, it never waits on disk. Reads travel the
-//! same channel, so a read sees every write queued before it.
+//! Job records and detached jobs' results in embedded SQLite (WAL), owned by one dedicated writer
+//! thread fed by a channel: admitting or finishing a job only queues a record, it never waits on
+//! disk. Reads travel the same channel, so a read sees every write queued before it (a job's
+//! results are committed before its final record). Stored results count against a disk budget
+//! checked when they are queued, so a job learns at once that it went over.
 
 mod sql;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use agent_proto::JobState;
+use agent_proto::{Frame, JobState};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +44,29 @@ pub struct JobRecord {
     pub func_ram_gb: u32,
     /// Why it failed or was cancelled.
     pub message: Option<String>,
+    /// Whether its results are stored to fetch later (a detached job, until they are deleted).
+    #[serde(default)]
+    pub stored_results: bool,
+}
+
+/// Result frames (RESULTS and FAILURE) of a detached job, in arrival order from `first_seq`.
+#[derive(Debug)]
+pub struct ResultRows {
+    /// The job.
+    pub job_id: String,
+    /// Sequence number of the first frame.
+    pub first_seq: u64,
+    /// The frames.
+    pub frames: Vec<Frame>,
+}
+
+/// One page of stored result frames.
+#[derive(Debug, Default)]
+pub struct ResultPage {
+    /// The frames, in order.
+    pub frames: Vec<Frame>,
+    /// Sequence number to ask for next; `None` when this was the last page.
+    pub next_seq: Option<u64>,
 }
 
 /// Why the store failed.
@@ -67,6 +93,17 @@ pub enum StoreError {
 enum Op {
     /// Insert or replace a record.
     Put(JobRecord),
+    /// Append result frames.
+    Results(ResultRows),
+    /// Read result frames from a sequence number on.
+    ResultPage {
+        job_id: String,
+        from_seq: u64,
+        max_bytes: usize,
+        reply: oneshot::Sender<Result<ResultPage, StoreError>>,
+    },
+    /// Delete a job's results; answers the payload bytes freed.
+    DeleteResults(String, oneshot::Sender<Result<u64, StoreError>>),
     /// Read one record.
     Get(
         String,
@@ -81,6 +118,10 @@ enum Op {
 #[derive(Debug)]
 struct Inner {
     tx: mpsc::Sender<Op>,
+    /// Result payload bytes stored (and queued) now.
+    results_bytes: AtomicU64,
+    /// Most result payload bytes the store may hold.
+    results_budget: u64,
     /// std Mutex: only touched at close, never across an await.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -93,9 +134,18 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database at `path`, marks jobs a previous coordinator left
-    /// running as failed, and starts the writer thread.
+    /// running as failed, and starts the writer thread; stored results are not limited.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_budget(path, u64::MAX)
+    }
+
+    /// Like [`Store::open`], holding at most `results_budget` bytes of stored results.
+    pub fn open_with_budget(path: &Path, results_budget: u64) -> Result<Self, StoreError> {
         let conn = sql::open(path)?;
+        let stored = sql::results_bytes(&conn).map_err(|source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let path = path.to_owned();
         let thread = std::thread::Builder::new()
@@ -105,6 +155,8 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 tx,
+                results_bytes: AtomicU64::new(stored),
+                results_budget,
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -115,6 +167,68 @@ impl Store {
         if self.inner.tx.send(Op::Put(record)).await.is_err() {
             warn!("job record dropped: the store is closed");
         }
+    }
+
+    /// Reserves `bytes` of the result budget; false (and nothing reserved) when they do not fit.
+    pub fn reserve_results(&self, bytes: u64) -> bool {
+        let budget = self.inner.results_budget;
+        self.inner
+            .results_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= budget)
+            })
+            .is_ok()
+    }
+
+    /// Result payload bytes stored now (for tests and diagnostics).
+    pub fn results_bytes(&self) -> u64 {
+        self.inner.results_bytes.load(Ordering::Acquire)
+    }
+
+    /// Queues result frames for writing; their bytes must have been reserved.
+    pub async fn put_results(&self, rows: ResultRows) {
+        if self.inner.tx.send(Op::Results(rows)).await.is_err() {
+            warn!("job results dropped: the store is closed");
+        }
+    }
+
+    /// Stored result frames of `job_id` from `from_seq` on, about `max_bytes` of them.
+    pub async fn result_page(
+        &self,
+        job_id: &str,
+        from_seq: u64,
+        max_bytes: usize,
+    ) -> Result<ResultPage, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Op::ResultPage {
+                job_id: job_id.to_owned(),
+                from_seq,
+                max_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Deletes the stored results of `job_id` (and says so in its record); the bytes freed.
+    pub async fn delete_results(&self, job_id: &str) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Op::DeleteResults(job_id.to_owned(), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let freed = answer.await.map_err(|_| StoreError::Closed)??;
+        let _ =
+            self.inner
+                .results_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_sub(freed))
+                });
+        Ok(freed)
     }
 
     /// The record of `job_id`, if any.
@@ -184,6 +298,7 @@ mod tests {
             func_cpu: 2,
             func_ram_gb: 4,
             message: None,
+            stored_results: false,
         }
     }
 
@@ -230,6 +345,63 @@ mod tests {
         );
         let b = store.get("b").await.expect("reads").expect("kept");
         assert_eq!(b.state, JobState::Completed);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn results_survive_a_restart_are_paged_and_deleted_within_the_budget() {
+        use agent_proto::FrameKind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobs.db");
+        let store = Store::open_with_budget(&path, 100).expect("opens");
+        assert!(store.reserve_results(60));
+        assert!(!store.reserve_results(41), "over the budget");
+        store
+            .put_results(ResultRows {
+                job_id: "d".into(),
+                first_seq: 0,
+                frames: vec![
+                    Frame::new(FrameKind::Results, vec![1u8; 30]),
+                    Frame::new(FrameKind::Failure, vec![2u8; 30]),
+                ],
+            })
+            .await;
+        let mut done = record("d", 1, JobState::Completed);
+        done.stored_results = true;
+        store.put(done.clone()).await;
+        store.close().await;
+
+        let store = Store::open_with_budget(&path, 100).expect("reopens");
+        assert_eq!(store.results_bytes(), 60, "counted from the database");
+        assert_eq!(store.get("d").await.expect("reads"), Some(done));
+        let first = store.result_page("d", 0, 1).await.expect("reads");
+        assert_eq!(
+            first.frames.len(),
+            1,
+            "one frame at least, then the byte limit"
+        );
+        assert_eq!(first.frames[0].kind, FrameKind::Results);
+        let next = first.next_seq.expect("more");
+        let second = store.result_page("d", next, 1 << 20).await.expect("reads");
+        assert_eq!(second.frames[0].kind, FrameKind::Failure);
+        assert_eq!(&second.frames[0].body[..], &[2u8; 30][..]);
+        assert_eq!(second.next_seq, None);
+        assert_eq!(store.delete_results("d").await.expect("deletes"), 60);
+        assert_eq!(store.results_bytes(), 0);
+        assert!(store
+            .result_page("d", 0, 1 << 20)
+            .await
+            .expect("reads")
+            .frames
+            .is_empty());
+        assert!(
+            !store
+                .get("d")
+                .await
+                .expect("reads")
+                .expect("kept")
+                .stored_results
+        );
         store.close().await;
     }
 

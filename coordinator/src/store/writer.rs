@@ -7,7 +7,13 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 use tracing::error;
 
-use super::{sql, Op, StoreError};
+use super::{sql, JobRecord, Op, ResultRows, StoreError};
+
+/// A write gathered into a burst.
+enum Write {
+    Record(JobRecord),
+    Results(ResultRows),
+}
 
 /// Most writes committed in one transaction.
 const BURST: usize = 1024;
@@ -22,8 +28,13 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
     while let Some(op) = rx.blocking_recv() {
         let mut next = Some(op);
         // Gather the writes queued right now into one transaction.
-        while let Some(Op::Put(record)) = next {
-            burst.push(record);
+        loop {
+            let write = match next {
+                Some(Op::Put(record)) => Write::Record(record),
+                Some(Op::Results(rows)) => Write::Results(rows),
+                _ => break,
+            };
+            burst.push(write);
             next = if burst.len() < BURST {
                 rx.try_recv().ok()
             } else {
@@ -54,16 +65,31 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
             Some(Op::List(limit, reply)) => {
                 let _ = reply.send(sql::list(&conn, limit).map_err(wrap));
             }
+            Some(Op::ResultPage {
+                job_id,
+                from_seq,
+                max_bytes,
+                reply,
+            }) => {
+                let page = sql::result_page(&conn, &job_id, from_seq, max_bytes).map_err(wrap);
+                let _ = reply.send(page);
+            }
+            Some(Op::DeleteResults(job_id, reply)) => {
+                let _ = reply.send(sql::delete_results(&mut conn, &job_id).map_err(wrap));
+            }
             Some(Op::Close) => return,
-            Some(Op::Put(_)) | None => {}
+            Some(Op::Put(_)) | Some(Op::Results(_)) | None => {}
         }
     }
 }
 
-fn commit(conn: &mut Connection, burst: &[super::JobRecord]) -> rusqlite::Result<()> {
+fn commit(conn: &mut Connection, burst: &[Write]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    for record in burst {
-        sql::put(&tx, record)?;
+    for write in burst {
+        match write {
+            Write::Record(record) => sql::put(&tx, record)?,
+            Write::Results(rows) => sql::put_results(&tx, rows)?,
+        }
     }
     tx.commit()
 }

@@ -103,11 +103,24 @@ impl TestCoordinator {
 
     /// Sends a request and reads the whole answer.
     pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Answer {
-        let request = Request::builder()
+        self.send_authorized(method, path, body, None).await
+    }
+
+    /// Sends a request with an `Authorization` header value (if any) and reads the answer.
+    pub async fn send_authorized(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        authorization: Option<&str>,
+    ) -> Answer {
+        let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.url))
-            .body(Full::new(body.into()))
-            .expect("request");
+            .uri(format!("{}{path}", self.url));
+        if let Some(value) = authorization {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request = request.body(Full::new(body.into())).expect("request");
         let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
             .await
             .expect("answer in time")
@@ -167,6 +180,7 @@ pub fn node_info(node_id: &str, address: &str, cpus: u32, ram_gb: u64) -> NodeIn
         jobs: 0,
         pool: PoolInfo { idle: 2, target: 2 },
         gpus: vec![],
+        draining: false,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Every way a request can fail, and the one function that turns them into HTTP answers with
 //! the protocol's JSON error body.
 
-use agent_proto::{ErrorBody, ErrorCode, FrameError};
+use agent_proto::{AuthError, ErrorBody, ErrorCode, FrameError};
 use http::{header, Response, StatusCode};
 use thiserror::Error;
 
@@ -56,6 +56,15 @@ pub enum ApiError {
     /// The daemon is stopping.
     #[error("this node is shutting down; send the job to another node")]
     ShuttingDown,
+    /// A query parameter is invalid.
+    #[error("the query parameter {0}")]
+    BadQuery(String),
+    /// The node drains: it finishes what it runs and takes no new job.
+    #[error("this node is draining and takes no new jobs; send the job to another node")]
+    Draining,
+    /// The request lacks the cluster token or carries a wrong one.
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
 }
 
 impl From<FrameError> for ApiError {
@@ -82,13 +91,14 @@ impl ApiError {
             Self::Body(BodyError::Frame(FrameError::FrameTooLarge { .. })) => {
                 ErrorCode::PayloadTooLarge
             }
-            Self::Body(_) | Self::Missing(_) => ErrorCode::BadRequest,
+            Self::Body(_) | Self::Missing(_) | Self::BadQuery(_) => ErrorCode::BadRequest,
             Self::Admit(AdmitError::Spec(_)) => ErrorCode::BadRequest,
             Self::Admit(_) => ErrorCode::Unprocessable,
             Self::Registry(RegistryError::Duplicate(_)) | Self::Job(_) => ErrorCode::Conflict,
             Self::Registry(RegistryError::TooMany(_)) => ErrorCode::TooMany,
             Self::HeadTimeout(_) => ErrorCode::RequestTimeout,
-            Self::ShuttingDown => ErrorCode::Unavailable,
+            Self::ShuttingDown | Self::Draining => ErrorCode::Unavailable,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
         }
     }
 }
@@ -135,6 +145,8 @@ mod tests {
             (ApiError::Admit(AdmitError::DoesNotFit("no".into())), 422),
             (ApiError::ShuttingDown, 503),
             (ApiError::HeadTimeout(60), 408),
+            (ApiError::Draining, 503),
+            (ApiError::Unauthorized(AuthError::Missing), 401),
             (
                 FrameError::Unexpected {
                     got: FrameKind::Inputs,

@@ -78,6 +78,9 @@ fn admit_job(daemon: &Daemon, spec: JobSpec, function: Bytes) -> Result<Job, Api
     if d.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
+    if d.drain.is_requested() {
+        return Err(ApiError::Draining);
+    }
     admit::check(
         &spec,
         &d.runtime.python_version(),

@@ -30,6 +30,15 @@ pub enum ApiRequest {
     Node,
     /// `GET /v1/environments`.
     Environments,
+    /// `POST /v1/drain`.
+    Drain,
+    /// `POST /v1/jobs/{id}/release?max_items=N`.
+    ReleaseInputs {
+        /// The job.
+        job_id: String,
+        /// Most items to give back.
+        max_items: usize,
+    },
     /// `GET /v1/jobs`.
     ListJobs,
     /// `GET /v1/jobs/{id}`.
@@ -79,6 +88,16 @@ pub async fn handle(
 pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiRequest, ApiError> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
+    if let Some(token) = &daemon.inner().cluster_token {
+        // Health stays open so probes and launchers need no secret.
+        if path != "/v1/health" {
+            let sent = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            token.verify(sent)?;
+        }
+    }
     let route = route::route(&parts.method, path).map_err(|no| match no {
         NoRoute::NotFound => ApiError::NoRoute {
             path: path.to_string(),
@@ -94,6 +113,11 @@ pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiReq
         Route::Health => ApiRequest::Health,
         Route::Node => ApiRequest::Node,
         Route::Environments => ApiRequest::Environments,
+        Route::Drain => ApiRequest::Drain,
+        Route::ReleaseInputs(job_id) => ApiRequest::ReleaseInputs {
+            job_id,
+            max_items: max_items(parts.uri.query())?,
+        },
         Route::ListJobs => ApiRequest::ListJobs,
         Route::GetJob(id) => ApiRequest::GetJob(id),
         Route::CancelJob(id) => ApiRequest::CancelJob(id),
@@ -122,6 +146,20 @@ pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiReq
     })
 }
 
+/// The `max_items` query parameter of a release (1..=1,048,576).
+fn max_items(query: Option<&str>) -> Result<usize, ApiError> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("max_items="));
+    match value.map(str::parse::<usize>) {
+        Some(Ok(n)) if (1..=1 << 20).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadQuery(
+            "max_items must be given as a whole number from 1 to 1048576".to_owned(),
+        )),
+    }
+}
+
 /// Reads the SPEC and FUNCTION frames that open a submission.
 async fn read_head(frames: &mut BodyFrames) -> Result<(JobSpec, Bytes), ApiError> {
     let spec: JobSpec = next_of(frames, FrameKind::Spec).await?.parse_json()?;
@@ -147,6 +185,27 @@ pub async fn apply(
         )),
         ApiRequest::Node => Ok(json(StatusCode::OK, &crate::node::info(daemon))),
         ApiRequest::Environments => Ok(json(StatusCode::OK, &daemon.inner().envs.info())),
+        ApiRequest::ReleaseInputs { job_id, max_items } => {
+            let job = daemon
+                .inner()
+                .registry
+                .get(&job_id)
+                .ok_or(ApiError::NoJob(job_id))?;
+            let indices = job.queue().release_back(max_items);
+            tracing::debug!(job = %job.id(), released = indices.len(), "queued inputs given back");
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "indices": indices }),
+            ))
+        }
+        ApiRequest::Drain => {
+            tracing::info!(
+                jobs = daemon.inner().registry.live_count(),
+                "drain requested"
+            );
+            daemon.inner().drain.request();
+            Ok(json(StatusCode::ACCEPTED, &crate::node::info(daemon)))
+        }
         ApiRequest::ListJobs => Ok(json(StatusCode::OK, &daemon.inner().registry.list())),
         ApiRequest::GetJob(id) => {
             let status = daemon

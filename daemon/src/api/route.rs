@@ -13,6 +13,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{id}"),
     ("DELETE", "/v1/jobs/{id}"),
     ("POST", "/v1/jobs/{id}/inputs"),
+    ("POST", "/v1/jobs/{id}/release"),
+    ("POST", "/v1/drain"),
 ];
 
 /// A matched route, with its path parameter.
@@ -34,6 +36,10 @@ pub enum Route {
     CancelJob(String),
     /// `POST /v1/jobs/{id}/inputs`.
     JobInputs(String),
+    /// `POST /v1/jobs/{id}/release`.
+    ReleaseInputs(String),
+    /// `POST /v1/drain`.
+    Drain,
 }
 
 /// Why no route matched.
@@ -76,10 +82,12 @@ pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             "/v1/health" => Route::Health,
             "/v1/node" => Route::Node,
             "/v1/environments" => Route::Environments,
+            "/v1/drain" => Route::Drain,
             "/v1/jobs" if *m == "GET" => Route::ListJobs,
             "/v1/jobs" => Route::SubmitJob,
             "/v1/jobs/{id}" if *m == "GET" => Route::GetJob(id),
             "/v1/jobs/{id}" => Route::CancelJob(id),
+            "/v1/jobs/{id}/release" => Route::ReleaseInputs(id),
             _ => Route::JobInputs(id),
         });
     }

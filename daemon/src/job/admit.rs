@@ -136,7 +136,7 @@ mod tests {
         let cap = capacity();
         let mut spec = JobSpec::new("j");
         spec.func_gpu = Some("H100".into());
-        let text = check(&spec, "3.11.7", &cap)
+        let text = check(&spec, "3.11.7", &cap, RuntimeKind::Process)
             .expect_err("no gpus")
             .to_string();
         assert_eq!(
@@ -151,10 +151,10 @@ mod tests {
             mig: agent_proto::MigMode::Disabled,
             minor: Some(0),
         }]);
-        check(&spec, "3.11.7", &cap).expect("an H100 is here");
+        check(&spec, "3.11.7", &cap, RuntimeKind::Process).expect("an H100 is here");
         spec.func_gpu = Some("80GB".into());
         assert!(matches!(
-            check(&spec, "3.11.7", &cap),
+            check(&spec, "3.11.7", &cap, RuntimeKind::Process),
             Err(AdmitError::Spec(_))
         ));
     }

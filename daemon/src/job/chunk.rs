@@ -60,6 +60,11 @@ impl Segment {
         (self.body.len() - self.payload_pos) + 12 * self.remaining()
     }
 
+    /// Indices of the items not yet taken.
+    pub fn remaining_indices(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.next..self.count).map(|i| u64_at(&self.body, 4 + 8 * i))
+    }
+
     fn length(&self, i: usize) -> usize {
         u32_at(&self.body, 4 + 8 * self.count + 4 * i) as usize
     }

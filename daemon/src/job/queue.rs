@@ -162,6 +162,30 @@ impl InputQueue {
         }
     }
 
+    /// Gives up to `max` queued items back (whole batches, newest first, never one a worker
+    /// took), for the coordinator to run elsewhere; their indices. They will never run here.
+    pub fn release_back(&self, max: usize) -> Vec<u64> {
+        let mut released = Vec::new();
+        {
+            let mut state = self.lock();
+            while let Some(back) = state.segments.back() {
+                if released.len() + back.remaining() > max {
+                    break;
+                }
+                let Some(segment) = state.segments.pop_back() else {
+                    break;
+                };
+                state.items -= segment.remaining();
+                state.bytes = state.bytes.saturating_sub(segment.cost());
+                released.extend(segment.remaining_indices());
+            }
+        }
+        if !released.is_empty() {
+            self.space.notify_waiters();
+        }
+        released
+    }
+
     /// Closes the queue: queued items are dropped, pushers and waiters are released.
     pub fn close(&self) {
         {
@@ -190,6 +214,22 @@ mod tests {
             .map(|i| Item::new(i, vec![0u8; payload]))
             .collect();
         Segment::parse(ItemBatch::new(items).encode()).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn release_back_gives_up_whole_queued_batches_newest_first() {
+        let queue = InputQueue::new(100, 1 << 20);
+        queue.push(segment(0, 4, 1)).await.expect("open");
+        queue.push(segment(10, 3, 1)).await.expect("open");
+        queue.push(segment(20, 2, 1)).await.expect("open");
+        let running = queue.pop(2).expect("items");
+        assert_eq!(running.len(), 2);
+        assert_eq!(queue.release_back(1), Vec::<u64>::new(), "no partial batch");
+        assert_eq!(queue.release_back(6), vec![20, 21, 10, 11, 12]);
+        assert_eq!(queue.len(), 2, "the started batch's rest stays");
+        assert_eq!(queue.release_back(10), vec![2, 3], "never a taken item");
+        assert!(queue.is_empty());
+        assert_eq!(queue.running(), 2);
     }
 
     #[tokio::test]

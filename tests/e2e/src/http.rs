@@ -59,6 +59,8 @@ pub fn body_channel() -> (BodySender, ChannelBody) {
 #[derive(Debug, Clone)]
 pub struct Http {
     client: Client<HttpConnector, ChannelBody>,
+    /// `Authorization` value sent on every request (a cluster token), if any.
+    authorization: Option<String>,
 }
 
 impl Default for Http {
@@ -72,6 +74,15 @@ impl Http {
     pub fn new() -> Self {
         Self {
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            authorization: None,
+        }
+    }
+
+    /// A pooled client sending `Authorization: Bearer <token>` on every request.
+    pub fn with_token(token: &str) -> Self {
+        Self {
+            authorization: Some(format!("Bearer {token}")),
+            ..Self::new()
         }
     }
 
@@ -82,11 +93,14 @@ impl Http {
         url: &str,
         body: ChannelBody,
     ) -> Result<http::Response<Incoming>> {
-        let request = Request::builder()
+        let mut builder = Request::builder()
             .method(method.clone())
             .uri(url)
-            .header(http::header::CONTENT_TYPE, agent_proto::FRAMES_CONTENT_TYPE)
-            .body(body)?;
+            .header(http::header::CONTENT_TYPE, agent_proto::FRAMES_CONTENT_TYPE);
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(http::header::AUTHORIZATION, authorization);
+        }
+        let request = builder.body(body)?;
         tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
             .with_context(|| format!("{method} {url} got no answer in 30 s"))?
@@ -165,7 +179,8 @@ pub struct ResultStream {
 }
 
 impl ResultStream {
-    fn new(body: Incoming) -> Self {
+    /// Reads frames from a response body.
+    pub fn new(body: Incoming) -> Self {
         Self {
             body,
             decoder: FrameDecoder::default(),

@@ -7,6 +7,7 @@
 //! them first: `cargo build --workspace --bins` (as `scripts/test` does).
 
 pub mod http;
+pub mod netns;
 pub mod procs;
 pub mod python;
 
@@ -18,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 pub use http::{Http, ResultStream};
-pub use procs::{Coordinator, Daemon};
+pub use procs::{Coordinator, Daemon, DaemonOptions};
 pub use python::Payloads;
 
 /// A coordinator and its daemons in one temporary directory.
@@ -64,7 +65,11 @@ impl Cluster {
     /// Like [`Cluster::add_daemon`], with extra `fleetmapd` flags.
     pub async fn add_daemon_with(&mut self, extra: &[&str]) -> Result<&Daemon> {
         let node_id = procs::unique("node");
-        let daemon = Daemon::start_with(self.dir.path(), &self.coordinator.url, &node_id, extra)?;
+        let options = procs::DaemonOptions {
+            extra: extra.iter().map(|flag| (*flag).to_owned()).collect(),
+            ..procs::DaemonOptions::default()
+        };
+        let daemon = Daemon::start_with(self.dir.path(), &self.coordinator.url, &node_id, &options)?;
         self.daemons.push(daemon);
         self.wait_alive(&node_id, Duration::from_secs(20)).await?;
         self.daemons

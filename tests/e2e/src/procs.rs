@@ -115,6 +115,24 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self
+            .pid()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .context("the process was already stopped")?;
+        kill(Pid::from_raw(pid), signal)?;
+        Ok(())
+    }
+
+    /// Whether it is still running (false once it exited or was stopped).
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -183,10 +201,17 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts one with its database and log in `dir`, plus `extra` flags.
     pub fn start(dir: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_on(dir, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`Coordinator::start`], listening on `listen`. An address file an earlier
+    /// coordinator of `dir` left (killed) is removed first.
+    pub fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
         let addr = dir.join("coordinator.addr");
+        let _ = std::fs::remove_file(&addr);
         let mut command = Command::new(binary("fleetmap-coordinator")?);
         command
-            .args(["--listen", "127.0.0.1:0", "--addr-file"])
+            .args(["--listen", listen, "--addr-file"])
             .arg(&addr)
             .arg("--db")
             .arg(dir.join("coordinator.db"))
@@ -195,6 +220,17 @@ impl Coordinator {
         let url = wait_addr(&mut proc, &addr, Duration::from_secs(10))?;
         Ok(Self { proc, url })
     }
+}
+
+/// How to start a daemon beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Program and arguments the daemon runs under (they must `exec` it, keeping its pid).
+    pub wrapper: Vec<String>,
+    /// Listen address (default `127.0.0.1:0`).
+    pub listen: Option<String>,
+    /// Extra flags.
+    pub extra: Vec<String>,
 }
 
 /// A running `fleetmapd` registered with a coordinator.
@@ -212,28 +248,38 @@ impl Daemon {
     /// Starts one named `node_id`, with its state in `dir/<node_id>`, registering with
     /// `coordinator`.
     pub fn start(dir: &Path, coordinator: &str, node_id: &str) -> Result<Self> {
-        Self::start_with(dir, coordinator, node_id, &[])
+        Self::start_with(dir, coordinator, node_id, &DaemonOptions::default())
     }
 
-    /// Like [`Daemon::start`], with extra `fleetmapd` flags.
+    /// Like [`Daemon::start`], run through `options.wrapper` (e.g. `ip netns exec NS`), listening
+    /// on `options.listen`, with `options.extra` flags.
     pub fn start_with(
         dir: &Path,
         coordinator: &str,
         node_id: &str,
-        extra: &[&str],
+        options: &DaemonOptions,
     ) -> Result<Self> {
         let state = dir.join(node_id);
         std::fs::create_dir_all(&state)?;
         let addr = state.join("daemon.addr");
-        let mut command = Command::new(binary("fleetmapd")?);
+        let fleetmapd = binary("fleetmapd")?;
+        let mut command = match options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&fleetmapd);
+                command
+            }
+            None => Command::new(&fleetmapd),
+        };
+        let listen = options.listen.as_deref().unwrap_or("127.0.0.1:0");
         command
-            .args(["--listen", "127.0.0.1:0", "--addr-file"])
+            .args(["--listen", listen, "--addr-file"])
             .arg(&addr)
             .args(["--coordinator", coordinator, "--node-id", node_id])
             .arg("--state-dir")
             .arg(state.join("state"))
             .args(["--worker-python", "python3"])
-            .args(extra);
+            .args(&options.extra);
         let mut proc = Proc::spawn("fleetmapd", command, state.join("daemon.log"))?;
         let url = wait_addr(&mut proc, &addr, Duration::from_secs(20))?;
         Ok(Self {
