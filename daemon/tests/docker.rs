@@ -253,3 +253,42 @@ async fn a_restart_removes_the_containers_of_a_killed_run() {
         "SIGTERM removes the containers' cgroup parent {parent}"
     );
 }
+
+/// A GPU slot does not take a warm container: one is created for it with a device request for
+/// its GPU's UUID. The GPUs here come from the test-only inventory, so there is no device
+/// behind them: the engine refuses the request (no NVIDIA Container Toolkit here, or an
+/// unknown device where it is installed), which shows the request reached the engine, and the
+/// job fails with one sentence saying what the node needs, while the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gpu_slot_asks_the_engine_for_its_gpu_and_says_what_is_missing() {
+    require_docker!();
+    let daemon = TestDaemon::start_with("docker-gpu", CgroupMode::Auto, |config| {
+        config.runtime = RuntimeKind::Docker;
+        config.docker_image = IMAGE.to_string();
+        config.container_network = "none".to_string();
+        config.gpus = fleetmapd::GpuSource::TestOnlyFake("NVIDIA H100 80GB HBM3:81559".into());
+    })
+    .await;
+    let mut job = spec("docker-gpu");
+    job.func_gpu = Some("H100".into());
+    let out = run_job(daemon.addr, &job, &function("double", None), 0..2).await;
+    let end = out.end();
+    assert_eq!(end.state, JobState::Failed, "{end:?}");
+    let message = end.message.clone().unwrap_or_default();
+    eprintln!("the GPU job ended with: {message}");
+    assert!(
+        message.contains("a GPU container needs the NVIDIA Container Toolkit on this node"),
+        "{message}"
+    );
+    assert!(message.to_lowercase().contains("nvidia"), "{message}");
+    // CPU jobs still run in warm containers.
+    let out = run_job(
+        daemon.addr,
+        &spec("docker-cpu"),
+        &function("double", None),
+        0..3,
+    )
+    .await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    daemon.stop().await;
+}

@@ -298,5 +298,31 @@ async fn the_device_cgroup_fences_off_the_other_gpus() {
             assert_eq!(got, "EPERM", "GPU {minor} must be fenced off ({text})");
         }
     }
+    let devices = std::path::Path::new("/sys/fs/cgroup/devices").join(&daemon.cgroup_parent);
+    assert!(
+        devices.is_dir(),
+        "the slot device cgroups live under {}",
+        devices.display()
+    );
+    // The instance's device cgroup goes with its slot, once the job has ended.
+    let slots = || {
+        std::fs::read_dir(&devices)
+            .map(|dir| dir.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while slots() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot device cgroups left in {}",
+            devices.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     daemon.stop().await;
+    assert!(
+        !devices.exists(),
+        "{} outlived the daemon",
+        devices.display()
+    );
 }

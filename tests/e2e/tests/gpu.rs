@@ -139,7 +139,9 @@ async fn gpu_jobs_no_node_can_run_are_refused_before_any_input() -> anyhow::Resu
                 body.freeze(),
             )
             .await?;
-        let text = String::from_utf8_lossy(&text);
+        let error: agent_proto::ErrorBody = serde_json::from_slice(&text)
+            .with_context(|| format!("{model}: {}", String::from_utf8_lossy(&text)))?;
+        let text = error.error.message;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{model}: {text}");
         assert!(text.contains(needle), "{model}: {text} lacks {needle:?}");
     }
