@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capacity::Capacity;
 use crate::config::Limits;
-use crate::env::EnvCache;
 use crate::drain::Drain;
+use crate::env::EnvCache;
 use crate::job::registry::Registry;
 use crate::job::supervisor::JobContext;
 use crate::runtime::Runtime;

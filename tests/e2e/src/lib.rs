@@ -69,7 +69,8 @@ impl Cluster {
             extra: extra.iter().map(|flag| (*flag).to_owned()).collect(),
             ..procs::DaemonOptions::default()
         };
-        let daemon = Daemon::start_with(self.dir.path(), &self.coordinator.url, &node_id, &options)?;
+        let daemon =
+            Daemon::start_with(self.dir.path(), &self.coordinator.url, &node_id, &options)?;
         self.daemons.push(daemon);
         self.wait_alive(&node_id, Duration::from_secs(20)).await?;
         self.daemons
