@@ -60,8 +60,9 @@ async fn inputs_can_follow_on_a_second_request() {
         String::from_utf8_lossy(&body)
     );
     let out = collect(response).await;
-    assert_eq!(out.end().state, JobState::Completed);
-    assert_eq!(out.results.len(), 250);
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(out.results.len(), 250, "{:?}", out.end());
     assert_eq!(out.int(249), Some(498));
     let (status, _) = support::call(
         daemon.addr,
@@ -71,6 +72,72 @@ async fn inputs_can_follow_on_a_second_request() {
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT, "an ended job takes no inputs");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inputs_end_on_a_second_request_keeps_the_first_bodys_later_inputs() {
+    require!(python);
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+
+    let daemon = TestDaemon::start("late-first-body", CgroupMode::Auto).await;
+    let job = spec("late-first-body");
+    // The first body sends SPEC and FUNCTION and stays open.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let body = StreamBody::new(
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|chunk| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk))),
+    );
+    let stream = tokio::net::TcpStream::connect(daemon.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    tx.send(frames(&[
+        Frame::json(FrameKind::Spec, &job),
+        Frame::new(FrameKind::Function, function("double", None)),
+    ]))
+    .await
+    .expect("first frames");
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{}/v1/jobs", daemon.addr))
+        .header(http::header::CONTENT_TYPE, agent_proto::FRAMES_CONTENT_TYPE)
+        .body(body)
+        .expect("request");
+    let response = sender.send_request(request).await.expect("submit");
+    assert_eq!(response.status(), StatusCode::OK);
+    // A second body brings inputs and INPUTS_END while the first is still open...
+    let mut rest = int_inputs(100..250, 60);
+    rest.push(Frame::empty(FrameKind::InputsEnd));
+    let (status, answer) = support::call(
+        daemon.addr,
+        Method::POST,
+        "/v1/jobs/late-first-body/inputs",
+        frames(&rest),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // ...and the first body's inputs, sent after that INPUTS_END, still belong to the job.
+    tx.send(frames(&int_inputs(0..100, 50)))
+        .await
+        .expect("first inputs");
+    drop(tx);
+    let out = collect(response).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(out.results.len(), 250, "{:?}", out.end());
+    assert_eq!(out.int(0), Some(0));
+    assert_eq!(out.int(249), Some(498));
     daemon.stop().await;
 }
 

@@ -141,12 +141,14 @@ impl JobHandle {
 
     /// Marks INPUTS_END received; false if it already was.
     pub fn close_inputs(&self) -> bool {
-        !self.inputs_closed.swap(true, Ordering::AcqRel)
+        // SeqCst here and in `feeding` / `inputs_closed` / `other_feeders_done`: a body that
+        // registers while INPUTS_END closes must either see the close or be waited for.
+        !self.inputs_closed.swap(true, Ordering::SeqCst)
     }
 
     /// An input body starts being read; INPUTS_END waits for its guard to drop.
     pub fn feeding(self: &Arc<Self>) -> FeederGuard {
-        self.feeders.fetch_add(1, Ordering::AcqRel);
+        self.feeders.fetch_add(1, Ordering::SeqCst);
         FeederGuard(self.clone())
     }
 
@@ -156,7 +158,7 @@ impl JobHandle {
             let done = self.feeder_done.notified();
             tokio::pin!(done);
             done.as_mut().enable();
-            if self.feeders.load(Ordering::Acquire) <= 1 || self.ended.is_cancelled() {
+            if self.feeders.load(Ordering::SeqCst) <= 1 || self.ended.is_cancelled() {
                 return;
             }
             tokio::select! {
@@ -168,7 +170,7 @@ impl JobHandle {
 
     /// Whether INPUTS_END was received.
     pub fn inputs_closed(&self) -> bool {
-        self.inputs_closed.load(Ordering::Acquire)
+        self.inputs_closed.load(Ordering::SeqCst)
     }
 
     /// Updates the counters status requests see.

@@ -91,10 +91,12 @@ pub async fn pump_submission(
 /// that request (the job goes on).
 pub async fn push_inputs(handle: &Arc<JobHandle>, mut frames: ClientFrames) -> Result<(), Error> {
     let _feeding = handle.feeding();
+    // Only a body opened after INPUTS_END is refused: one that was already open when another
+    // body sent INPUTS_END still belongs to the job (that INPUTS_END waits for it).
+    if handle.inputs_closed() {
+        return Err(Error::InputsClosed(handle.job_id.clone()));
+    }
     loop {
-        if handle.inputs_closed() {
-            return Err(Error::InputsClosed(handle.job_id.clone()));
-        }
         let frame = match frames.next().await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),

@@ -47,8 +47,7 @@ pub async fn submit(
     let feeding = job.feeding();
     supervisor::start(job.clone(), daemon.job_context(), sink);
     tokio::spawn(async move {
-        let _feeding = feeding;
-        match feed(&job, &mut inputs).await {
+        match feed(&feeding, &mut inputs).await {
             Ok(_) => {}
             // The client went away mid-body: the result stream's closing cancels the job.
             Err(FeedError::Body(BodyError::Http(err))) => {
@@ -117,7 +116,7 @@ pub async fn inputs(
         });
     };
     let feeding = job.feeding();
-    let fed = feed(&job, &mut frames).await;
+    let fed = feed(&feeding, &mut frames).await;
     drop(feeding);
     if let Err(err) = fed {
         frames.drain().await;

@@ -6,7 +6,7 @@ use http_body::Body;
 use thiserror::Error;
 
 use super::chunk::Segment;
-use super::{Job, JobError};
+use super::{FeederGuard, JobError};
 use crate::api::body::{BodyError, BodyFrames};
 
 /// Why feeding stopped early.
@@ -35,13 +35,14 @@ pub enum Fed {
     BodyEnd,
 }
 
-/// Queues every INPUTS frame of `frames`; returns how the body ended.
-pub async fn feed<B>(job: &Job, frames: &mut BodyFrames<B>) -> Result<Fed, FeedError>
+/// Queues every INPUTS frame of `frames`, the body `body` guards; returns how it ended.
+pub async fn feed<B>(body: &FeederGuard, frames: &mut BodyFrames<B>) -> Result<Fed, FeedError>
 where
     B: Body + Unpin,
     B::Error: std::fmt::Display,
 {
-    job.check_accepts_inputs()?;
+    let job = body.job();
+    body.check_accepts()?;
     loop {
         let Some(frame) = frames.next().await? else {
             return Ok(Fed::BodyEnd);
@@ -52,9 +53,9 @@ where
                     kind: FrameKind::Inputs,
                     reason: e.to_string(),
                 })?;
-                job.check_accepts_inputs()?;
+                body.check_accepts()?;
                 if job.queue().push(segment).await.is_err() {
-                    job.check_accepts_inputs()?;
+                    body.check_accepts()?;
                 }
                 job.inputs_queued();
             }
@@ -101,6 +102,8 @@ mod tests {
             .into_frame(FrameKind::Inputs)
     }
 
+    use crate::job::Job;
+
     fn job() -> Job {
         Job::new(JobSpec::new("j"), Bytes::new(), "n", 100, 1 << 20)
     }
@@ -113,33 +116,60 @@ mod tests {
             inputs(3..5),
             Frame::empty(FrameKind::InputsEnd),
         ]);
-        assert_eq!(feed(&job, &mut frames).await.expect("ok"), Fed::InputsEnd);
+        assert_eq!(
+            feed(&job.feeding(), &mut frames).await.expect("ok"),
+            Fed::InputsEnd
+        );
         assert_eq!(job.queue().len(), 5);
         let mut more = body(&[inputs(5..6)]);
         assert!(matches!(
-            feed(&job, &mut more).await,
+            feed(&job.feeding(), &mut more).await,
             Err(FeedError::Job(JobError::InputsEnded { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_body_open_before_another_ends_the_inputs_still_feeds() {
+        let job = job();
+        let first = job.feeding();
+        let mut second = body(&[inputs(2..4), Frame::empty(FrameKind::InputsEnd)]);
+        assert_eq!(
+            feed(&job.feeding(), &mut second).await.expect("ok"),
+            Fed::InputsEnd
+        );
+        let mut first_frames = body(&[inputs(0..2)]);
+        assert_eq!(
+            feed(&first, &mut first_frames).await.expect("ok"),
+            Fed::BodyEnd
+        );
+        assert_eq!(job.queue().len(), 4, "no input of the earlier body is lost");
     }
 
     #[tokio::test]
     async fn a_body_may_end_without_inputs_end() {
         let job = job();
         let mut frames = body(&[inputs(0..2)]);
-        assert_eq!(feed(&job, &mut frames).await.expect("ok"), Fed::BodyEnd);
+        assert_eq!(
+            feed(&job.feeding(), &mut frames).await.expect("ok"),
+            Fed::BodyEnd
+        );
     }
 
     #[tokio::test]
     async fn malformed_and_unexpected_frames_are_refused() {
         let job = job();
         let mut frames = body(&[Frame::new(FrameKind::Inputs, vec![9u8, 0, 0, 0])]);
-        let err = feed(&job, &mut frames).await.expect_err("malformed");
+        let err = feed(&job.feeding(), &mut frames)
+            .await
+            .expect_err("malformed");
         assert!(
             err.to_string().starts_with("malformed INPUTS frame"),
             "{err}"
         );
         let mut frames = body(&[Frame::empty(FrameKind::Spec)]);
-        let err = feed(&job, &mut frames).await.expect_err("unexpected");
+        let err = feed(&job.feeding(), &mut frames)
+            .await
+            .expect_err("unexpected");
         assert_eq!(
             err.to_string(),
             "unexpected SPEC frame: expected INPUTS or INPUTS_END"
@@ -152,7 +182,7 @@ mod tests {
         job.finish(JobState::Cancelled, None);
         let mut frames = body(&[inputs(0..1)]);
         assert!(matches!(
-            feed(&job, &mut frames).await,
+            feed(&job.feeding(), &mut frames).await,
             Err(FeedError::Job(JobError::Ended { .. }))
         ));
     }

@@ -211,6 +211,19 @@ impl Job {
         }
     }
 
+    /// Fails unless the job is in a state that takes inputs (inputs of a body that was open
+    /// before INPUTS_END still belong to the job; see [`FeederGuard::check_accepts`]).
+    pub fn check_running(&self) -> Result<(), JobError> {
+        let state = self.counters().state;
+        if !state.can_accept_inputs() {
+            return Err(JobError::Ended {
+                job_id: self.id().to_string(),
+                state,
+            });
+        }
+        Ok(())
+    }
+
     /// Fails unless the job still takes inputs.
     pub fn check_accepts_inputs(&self) -> Result<(), JobError> {
         let c = self.counters();
@@ -236,10 +249,18 @@ impl Job {
         Ok(())
     }
 
-    /// An input body starts being read; the job cannot complete until the guard drops.
+    /// An input body starts being read; the job cannot complete until the guard drops. A
+    /// body opened after INPUTS_END is refused by its guard.
     pub fn feeding(&self) -> FeederGuard {
-        self.counters().feeders += 1;
-        FeederGuard(self.clone())
+        let late = {
+            let mut c = self.counters();
+            c.feeders += 1;
+            c.inputs_ended
+        };
+        FeederGuard {
+            job: self.clone(),
+            late,
+        }
     }
 
     /// Inputs were queued (the supervisor may start instances).
@@ -362,15 +383,36 @@ impl Job {
 /// Marks one input body of a job as being read; dropping it (body read, refused or cut)
 /// lets the job complete once its inputs have ended and been answered.
 #[derive(Debug)]
-pub struct FeederGuard(Job);
+pub struct FeederGuard {
+    job: Job,
+    /// Opened after INPUTS_END: nothing it carries belongs to the job.
+    late: bool,
+}
+
+impl FeederGuard {
+    /// The job this body feeds.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// Fails unless this body may still queue inputs: the job takes inputs and the body was
+    /// opened before INPUTS_END. A body already open when another body sent INPUTS_END keeps
+    /// feeding — INPUTS_END means "nothing after what the open bodies carry".
+    pub fn check_accepts(&self) -> Result<(), JobError> {
+        if self.late {
+            return self.job.check_accepts_inputs();
+        }
+        self.job.check_running()
+    }
+}
 
 impl Drop for FeederGuard {
     fn drop(&mut self) {
         {
-            let mut c = self.0.counters();
+            let mut c = self.job.counters();
             c.feeders = c.feeders.saturating_sub(1);
         }
-        self.0.notify();
+        self.job.notify();
     }
 }
 
@@ -448,6 +490,14 @@ mod tests {
             !job.is_complete(),
             "the first body may still hold inputs not queued yet"
         );
+        assert!(
+            first_body.check_accepts().is_ok(),
+            "a body open before INPUTS_END still feeds"
+        );
+        assert!(matches!(
+            job.feeding().check_accepts(),
+            Err(JobError::InputsEnded { .. })
+        ));
         drop(first_body);
         assert!(job.is_complete());
     }
