@@ -114,7 +114,10 @@ async fn nodes_and_coordinator_need_the_cluster_token() -> anyhow::Result<()> {
     let first = whole_job(&spec(&id, 50), &payloads, 0..50, 10);
     let (_body, mut stream) = open.submit(&coordinator.url, &first).await?;
     let collected = Collected::from_frames(&stream.until_end(Duration::from_secs(60)).await?)?;
-    assert_eq!(collected.end.as_ref().map(|e| e.state), Some(JobState::Completed));
+    assert_eq!(
+        collected.end.as_ref().map(|e| e.state),
+        Some(JobState::Completed)
+    );
     assert_eq!(collected.each_index_once()?, 50);
     assert_eq!(python::check_results(&collected.results, "i * 2")?, 50);
     Ok(())
