@@ -113,7 +113,7 @@ class Fleet:
 
 
 def scenario_fleet_latency(args, out):
-    fleet = Fleet(args.nodes, args.slots, args.slots)
+    fleet = Fleet(args.nodes, args.slots, args.pool or args.slots)
     try:
         n = args.nodes * args.slots
         time.sleep(2)  # pools fill, heartbeats settle
@@ -169,7 +169,8 @@ def main():
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--slots", type=int, default=50)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--idle-s", type=int, default=20)
+    parser.add_argument("--idle-s", type=int, default=60)
+    parser.add_argument("--pool", type=int, default=None, help="warm workers per daemon (default: --slots)")
     parser.add_argument("--pool-procs", type=int, default=1000)
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--skip-fleet", action="store_true")

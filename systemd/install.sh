@@ -2,12 +2,15 @@
 # Installs (or removes) fleetmap's services on a systemd machine.
 #
 #   install.sh install [--node] [--coordinator] [--bin-dir DIR] [--coordinator-url URL]
-#                      [--node-id ID] [--advertise URL] [--runtime process|docker] [--no-start]
+#                      [--node-id ID] [--advertise URL] [--runtime process|docker]
+#                      [--cluster-token FILE] [--no-start]
 #   install.sh uninstall [--purge]
 #
 # install: copies fleetmapd / fleetmap-coordinator into /usr/local/bin, creates the `fleetmap`
 # system user the coordinator runs as, writes /etc/fleetmap/<service>.toml (never over an
-# operator's edited file), installs the units into /etc/systemd/system and enables and starts
+# operator's edited file), puts the fleet's cluster token in /etc/fleetmap/cluster.token (copied
+# from --cluster-token FILE, else kept, else generated: then copy it to every other machine and
+# pass it there with --cluster-token), installs the units into /etc/systemd/system and enables and starts
 # them (unless --no-start). With neither --node nor --coordinator both are installed.
 # uninstall: stops and disables the units and removes them and the binaries; --purge also
 # removes /etc/fleetmap and the state directories.
@@ -32,6 +35,7 @@ coordinator_url="http://127.0.0.1:7077"
 node_id="$(hostname)"
 advertise=""
 runtime="process"
+token_source=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --node) node=1 ;;
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
     --node-id) node_id="$2"; shift ;;
     --advertise) advertise="$2"; shift ;;
     --runtime) runtime="$2"; shift ;;
+    --cluster-token) token_source="$2"; shift ;;
     --no-start) start=0 ;;
     --purge) purge=1 ;;
     *) die "unknown option $1 (see the top of this file)" ;;
@@ -69,6 +74,20 @@ install_config() { # name, then sed expressions
   echo "install.sh: wrote $target"
 }
 
+install_token() {
+  local target="$conf_dir/cluster.token"
+  if [ -n "$token_source" ]; then
+    [ -r "$token_source" ] || die "cannot read the cluster token file $token_source"
+    install -m 0640 "$token_source" "$target"
+    echo "install.sh: installed the cluster token from $token_source"
+  elif [ ! -e "$target" ]; then
+    (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$target")
+    chmod 0640 "$target"
+    echo "install.sh: generated the cluster token $target; copy it to every machine of the fleet (install.sh --cluster-token FILE)"
+  fi
+  if getent group fleetmap >/dev/null; then chgrp fleetmap "$target"; fi
+}
+
 do_install() {
   install -d -m 0755 "$prefix/bin" "$conf_dir" "$unit_dir" "$doc_dir"
   install -m 0644 "$repo/README.md" "$doc_dir/README.md"
@@ -79,6 +98,7 @@ do_install() {
       useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin fleetmap
       echo "install.sh: created the system user fleetmap"
     fi
+    install_token
     install_config fleetmap-coordinator.toml -e 's|^db = .*|db = "/var/lib/fleetmap-coordinator/coordinator.db"|'
     chgrp fleetmap "$conf_dir/fleetmap-coordinator.toml"
     install -m 0644 "$here/fleetmap-coordinator.service" "$unit_dir/"
@@ -88,6 +108,7 @@ do_install() {
     /usr/bin/python3 -c 'import cloudpickle' 2>/dev/null \
       || die "the workers' /usr/bin/python3 lacks cloudpickle; install it (apt-get install python3-cloudpickle, or pip)"
     install -m 0755 "$bin_dir/fleetmapd" "$prefix/bin/fleetmapd"
+    install_token
     local extra=()
     if [ -n "$advertise" ]; then extra=(-e "s|^# advertise = .*|advertise = \"$advertise\"|"); fi
     install_config fleetmapd.toml \

@@ -28,6 +28,7 @@ pub mod job;
 pub mod node;
 pub mod runtime;
 pub mod server;
+pub mod simulated;
 pub mod state;
 
 pub use config::{Config, GpuSource, Limits, RuntimeKind};

@@ -29,6 +29,7 @@ use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::envs::{DockerEnvFactory, EnvRouter, EnvRuntimeFactory, ProcessEnvFactory};
 use crate::runtime::process::{ProcessOptions, ProcessRuntime, WORKER_SOURCE};
 use crate::runtime::Runtime;
+use crate::simulated::SimulatedCpus;
 use crate::state::{Daemon, Inner};
 
 /// How long startup waits for the pool to fill before serving anyway.
@@ -61,15 +62,16 @@ pub async fn run(
     std::fs::create_dir_all(&progress_dir)
         .map_err(|e| DaemonError::io("mkdir", &progress_dir, e))?;
     let mut inventory = Inventory::detect_with_roots(&config.cgroup_root, &config.proc_root)?;
+    let mut cgroups: Arc<dyn SlotCgroups> =
+        Arc::from(detect(&config.cgroup_config(), config.cgroup_mode)?);
     if let Some(slots) = config.simulated_slots {
+        cgroups = Arc::new(SimulatedCpus::new(cgroups, inventory.cpus.clone()));
         inventory = simulated(&inventory, slots);
         warn!(
             slots,
             "TEST ONLY: advertising simulated slots that share the real CPUs; never use this for real work"
         );
     }
-    let cgroups: Arc<dyn SlotCgroups> =
-        Arc::from(detect(&config.cgroup_config(), config.cgroup_mode)?);
     let cleanup = {
         let cgroups = cgroups.clone();
         tokio::task::spawn_blocking(move || cgroups.cleanup_stale()).await

@@ -348,3 +348,75 @@ async fn duplicate_ids_and_bad_input_streams_are_refused() {
     assert_eq!(error.error.code, ErrorCode::NotFound);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_needs_a_count_and_a_draining_node_refuses_new_jobs() {
+    require!(python);
+    let daemon = TestDaemon::start("drain", CgroupMode::Auto).await;
+    expect_error(
+        &daemon,
+        Method::POST,
+        "/v1/jobs/none/release",
+        Bytes::new(),
+        StatusCode::BAD_REQUEST,
+        "max_items",
+    )
+    .await;
+    expect_error(
+        &daemon,
+        Method::POST,
+        "/v1/jobs/none/release?max_items=5",
+        Bytes::new(),
+        StatusCode::NOT_FOUND,
+        "does not exist",
+    )
+    .await;
+
+    let (status, body) = call(daemon.addr, Method::POST, "/v1/drain", Bytes::new()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let info: NodeInfo = serde_json::from_slice(&body).expect("NodeInfo");
+    assert!(info.draining);
+    let node: NodeInfo =
+        serde_json::from_value(get_json(daemon.addr, "/v1/node").await).expect("NodeInfo");
+    assert!(node.draining, "heartbeats and /v1/node say so");
+    expect_error(
+        &daemon,
+        Method::POST,
+        "/v1/jobs",
+        frames(&head(&spec("after-drain"))),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "draining",
+    )
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_cluster_token_every_route_but_health_needs_it() {
+    require!(python);
+    let token = agent_proto::ClusterToken::new("daemon-test-token-0123456789").expect("valid");
+    let daemon = TestDaemon::start_with("token", CgroupMode::Auto, move |config| {
+        config.cluster_token = Some(token);
+    })
+    .await;
+    let message = expect_error(
+        &daemon,
+        Method::GET,
+        "/v1/node",
+        Bytes::new(),
+        StatusCode::UNAUTHORIZED,
+        "cluster token",
+    )
+    .await;
+    assert!(message.contains("Authorization: Bearer"), "{message}");
+    expect_error(
+        &daemon,
+        Method::POST,
+        "/v1/jobs",
+        frames(&head(&spec("no-token"))),
+        StatusCode::UNAUTHORIZED,
+        "cluster token",
+    )
+    .await;
+    daemon.stop().await;
+}

@@ -101,3 +101,43 @@ def test_detached_results_survive_a_coordinator_restart(tmp_path):
             again.stop()
     finally:
         local_cluster.down(home)
+
+
+SLOW_DETACHED = textwrap.dedent(
+    """
+    import time
+    from fleetmap import remote_parallel_map
+
+    def f(x):
+        time.sleep(30)
+        return x
+
+    print(remote_parallel_map(f, range(4), parallelism=1, detach=True), flush=True)
+    """
+)
+
+
+def test_status_shows_each_nodes_slots_and_the_jobs_on_it(cluster):
+    done = e2e_support.run_python(SLOW_DETACHED, cluster.child_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip().splitlines()[-1]
+    try:
+        def listed():
+            nodes = e2e_support.get_json(cluster.url + "/v1/nodes")
+            # The job's stream is open and a heartbeat since reported its instance's slot.
+            return nodes and job_id in nodes[0].get("jobs_running", []) and nodes[0]["free_cpus"] < nodes[0]["cpus"]
+
+        assert e2e_support.wait_until(listed, 20, 0.05)
+        table = subprocess.run(
+            [sys.executable, "-m", "fleetmap", "status"], env=cluster.child_env(), capture_output=True, text=True, timeout=30
+        )
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()[1:3]
+        assert "slots used" in header and "jobs" in header
+        assert job_id[:12] in row
+        assert " 1/" in row, row  # one of the node's slots runs the job's instance
+    finally:
+        cancel = subprocess.run(
+            [sys.executable, "-m", "fleetmap", "cancel", job_id], env=cluster.child_env(), capture_output=True, text=True, timeout=30
+        )
+        assert cancel.returncode == 0, cancel.stderr

@@ -104,6 +104,28 @@ def wait_active(machine: str, unit: str, timeout: float = 30) -> None:
     raise AssertionError(f"{unit} is {state!r}, not active:\n{journal}")
 
 
+def running_jobs(machine: str) -> int:
+    """Jobs the installed coordinator lists as running."""
+    probe = (
+        "import json, urllib.request; "
+        "jobs = json.load(urllib.request.urlopen('http://127.0.0.1:7077/v1/jobs')); "
+        "print(sum(1 for j in jobs if j.get('state') == 'running'))"
+    )
+    out = sh(machine, f'python3 -c "{probe}"', check=False).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
+def running_jobs(machine: str) -> int:
+    """Jobs the installed coordinator lists as running."""
+    probe = (
+        "import json, urllib.request; "
+        "jobs = json.load(urllib.request.urlopen('http://127.0.0.1:7077/v1/jobs')); "
+        "print(sum(1 for j in jobs if j.get('state') == 'running'))"
+    )
+    out = sh(machine, f'python3 -c "{probe}"', check=False).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
 JOB = textwrap.dedent(
     """
     import os, sys
@@ -121,7 +143,22 @@ JOB = textwrap.dedent(
 )
 
 
-def test_installed_units_verify_start_run_a_job_stop_cleanly_and_uninstall(machine):
+SLOW_JOB = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, "/src/client")
+    from fleetmap import remote_parallel_map
+
+    def slow(x):
+        time.sleep(0.25)
+        return x
+
+    print("ok", len(remote_parallel_map(slow, range(24))), flush=True)
+    """
+)
+
+
+def test_installed_units_verify_start_run_a_job_drain_on_stop_and_uninstall(machine):
     node_id = f"boot-{uuid.uuid4().hex[:6]}"
     out = sh(machine, f"/src/systemd/install.sh install --bin-dir /fleetmap-bin --node-id {node_id}").stdout
     assert "enabled and started fleetmap-coordinator.service fleetmapd.service" in out, out
@@ -151,7 +188,25 @@ def test_installed_units_verify_start_run_a_job_stop_cleanly_and_uninstall(machi
     journal = sh(machine, "journalctl -u fleetmapd --no-pager").stdout
     assert node_id in journal, journal[-2000:]
 
+    # The token install.sh generated is what both services use, readable by the coordinator's user.
+    token = sh(machine, "stat -c '%a %U %G' /etc/fleetmap/cluster.token").stdout.split()
+    assert token == ["640", "root", "fleetmap"], token
+
+    # `systemctl stop` drains: a job running on the node completes before the daemon exits.
+    sh(machine, f"cat > /tmp/slow.py <<'EOF'\n{SLOW_JOB}\nEOF")
+    sh(machine, "FLEETMAP_COORDINATOR=http://127.0.0.1:7077 nohup python3 /tmp/slow.py > /tmp/slow.out 2>&1 &")
+    deadline = time.monotonic() + 30
+    while running_jobs(machine) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_jobs(machine) == 1, sh(machine, "cat /tmp/slow.out", check=False).stdout
+    started = time.monotonic()
     sh(machine, "systemctl stop fleetmapd", timeout=120)
+    while sh(machine, "pgrep -f /tmp/slow.py", check=False).returncode == 0 and time.monotonic() < started + 60:
+        time.sleep(0.2)
+    slow_out = sh(machine, "cat /tmp/slow.out").stdout
+    assert "ok 24" in slow_out, slow_out
+    journal = sh(machine, "journalctl -u fleetmapd --no-pager").stdout
+    assert "drain" in journal.lower(), journal[-2000:]
     state = sh(machine, "systemctl is-active fleetmapd", check=False).stdout.strip()
     assert state == "inactive", state  # stopped cleanly, not "failed"
     assert sh(machine, "pgrep -f fleetmap_worker", check=False).stdout.strip() == ""

@@ -35,7 +35,7 @@ impl JobRun {
 
     /// Whether inputs (held or still to come) need a stream and none can take them.
     fn needs_taker(&self) -> bool {
-        if self.streams.iter().any(|s| s.state.can_send_inputs()) {
+        if self.streams.iter().any(|s| s.takes_inputs()) {
             return false;
         }
         let unplaced =
@@ -168,7 +168,7 @@ impl JobRun {
         }
         let keep_open = self.tail_unsettled();
         for stream in &mut self.streams {
-            if stream.items == 0 && !(keep_open && stream.state.can_send_inputs()) {
+            if stream.items == 0 && !(keep_open && stream.takes_inputs()) {
                 stream.close_inputs();
             }
         }

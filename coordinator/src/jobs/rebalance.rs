@@ -31,9 +31,9 @@ impl NodeStream {
     }
 
     /// Inputs queued beyond what its instances run, if worth moving (and it was not found
-    /// unable to give any back).
+    /// unable to give any back). A release under way still counts: its answer may move work.
     fn movable(&self) -> u64 {
-        if !self.state.is_active() || self.releasing || self.release_exhausted {
+        if !self.state.is_active() || self.release_exhausted {
             return 0;
         }
         let keep = BUSY_PER_INSTANCE * self.share + SLACK;
@@ -73,6 +73,7 @@ impl JobRun {
             .streams
             .iter()
             .enumerate()
+            .filter(|(_, s)| !s.releasing)
             .map(|(slot, s)| (slot, s.movable()))
             .filter(|(_, movable)| *movable > 0)
             .max_by_key(|(_, movable)| *movable)

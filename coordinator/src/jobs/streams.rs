@@ -83,6 +83,11 @@ pub struct NodeStream {
 }
 
 impl NodeStream {
+    /// Whether it takes inputs at all (open, and not a node that gave inputs back).
+    pub fn takes_inputs(&self) -> bool {
+        self.state.can_send_inputs() && !self.gave_back
+    }
+
     /// Inputs it may take now.
     pub fn credit(&self) -> usize {
         if !self.state.can_send_inputs() || self.gave_back || self.bytes >= self.window_bytes {
@@ -199,7 +204,7 @@ impl JobRun {
     /// Makes sure some stream can take inputs, opening one on a live node if needed; false when
     /// no node can (the job then waits for one).
     pub(super) fn ensure_stream(&mut self) -> bool {
-        if self.streams.iter().any(|s| s.state.can_send_inputs()) {
+        if self.streams.iter().any(|s| s.takes_inputs()) {
             self.waiting_since = None;
             return true;
         }

@@ -4,7 +4,7 @@
 //! partitions it without touching its process. Everything is removed on drop, also when a test
 //! fails.
 //!
-//! Needs root and iproute2. Where `ip netns` is impossible the tests skip loudly, unless
+//! Needs root, iproute2 and util-linux `nsenter`. Where `ip netns` is impossible the tests skip loudly, unless
 //! `FLEETMAP_REQUIRE_NETNS=1` or `FLEETMAP_REQUIRE_CGROUPS=1` (CI runs as root) make that a
 //! failure.
 

@@ -249,7 +249,16 @@ async fn a_node_with_slow_instances_gives_its_queued_inputs_to_idle_ones() -> an
         .http
         .submit(&cluster.coordinator.url, &first)
         .await?;
-    let frames = stream.until_end(Duration::from_secs(120)).await?;
+    let frames = match stream.until_end(Duration::from_secs(120)).await {
+        Ok(frames) => frames,
+        Err(err) => {
+            eprintln!("coordinator log:\n{}", cluster.coordinator.proc.log_tail());
+            for daemon in &cluster.daemons {
+                eprintln!("{} log:\n{}", daemon.node_id, daemon.proc.log_tail());
+            }
+            return Err(err);
+        }
+    };
     let took = started.elapsed();
     let collected = Collected::from_frames(&frames)?;
     check_complete(&collected, 600, "i + 11")?;
