@@ -227,8 +227,9 @@ async fn jobs_this_node_cannot_run_are_422_with_one_sentence() {
     let daemon = TestDaemon::start("refusals", CgroupMode::Auto).await;
     let jobs = "/v1/jobs";
     let mut env = spec("env");
-    env.environment = EnvSpec::Packages {
-        packages: vec!["six".into()],
+    env.environment = EnvSpec::Dockerfile {
+        content: "FROM fleetmap/base:1\n".into(),
+        context: vec![],
     };
     expect_error(
         &daemon,
@@ -236,7 +237,19 @@ async fn jobs_this_node_cannot_run_are_422_with_one_sentence() {
         jobs,
         frames(&head(&env)),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "needs the environment cache (issue: Environments)",
+        "dockerfile= needs a node running the docker runtime",
+    )
+    .await;
+    env.environment = EnvSpec::Packages {
+        packages: vec!["--index-url=http://elsewhere".into()],
+    };
+    expect_error(
+        &daemon,
+        Method::POST,
+        jobs,
+        frames(&head(&env)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no pip options",
     )
     .await;
     let mut py = spec("py");

@@ -465,3 +465,44 @@ async fn the_index_survives_a_restart_and_the_budget_evicts_the_least_recently_u
     assert!(!venv.exists(), "the evicted venv is removed from disk");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleetmapd_envs_prints_the_cache() {
+    require_python!();
+    let daemon = start_process("env-cli", |_| {}).await;
+    let url = format!("http://{}", daemon.addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetmapd"))
+        .args(["envs", "--url", &url])
+        .output()
+        .await
+        .expect("fleetmapd envs runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("runtime process  base python3"), "{text}");
+    assert!(text.contains("builds 0  hits 0"), "{text}");
+    assert!(text.contains("no built environments"), "{text}");
+    let json = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetmapd"))
+        .args(["envs", "--json", "--url", &url])
+        .output()
+        .await
+        .expect("fleetmapd envs --json runs");
+    let info: EnvironmentsInfo = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(info.runtime, "process");
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetmapd"))
+        .args(["envs", "--url", "http://127.0.0.1:1"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("cannot reach http://127.0.0.1:1/v1/environments"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    daemon.stop().await;
+}

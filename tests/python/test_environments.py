@@ -111,3 +111,67 @@ def test_the_clone_of_the_nodes_own_interpreter_needs_no_build(cluster):
     after = environments(cluster)["counters"]
     assert after["builds"] == before["builds"]
     assert after["node_default"] > before["node_default"]
+
+
+def _docker_missing():
+    try:
+        out = subprocess.run(["docker", "image", "inspect", "fleetmap/base:1"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"no docker client to inspect the engine: {err}"
+    return None if out.returncode == 0 else "the engine has no fleetmap/base:1 (images/base/ci-ensure.sh builds it)"
+
+
+@pytest.fixture(scope="module")
+def docker_cluster(tmp_path_factory):
+    """A private local cluster whose node runs the docker runtime."""
+    missing = _docker_missing() or e2e_support.binaries_missing()
+    if missing:
+        if os.environ.get("FLEETMAP_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FLEETMAP_REQUIRE_DOCKER=1 but {missing}")
+        pytest.skip(f"needs Docker: {missing}")
+    from fleetmap import local_cluster
+
+    home = tmp_path_factory.mktemp("fleetmap-docker-home")
+    saved = os.environ.get("FLEETMAP_LOCAL_RUNTIME")
+    os.environ["FLEETMAP_LOCAL_RUNTIME"] = "docker"
+    try:
+        url = local_cluster.ensure_running(home, cgroups="off")
+    finally:
+        if saved is None:
+            os.environ.pop("FLEETMAP_LOCAL_RUNTIME", None)
+        else:
+            os.environ["FLEETMAP_LOCAL_RUNTIME"] = saved
+    cluster = e2e_support.Cluster(home, url)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        # Environment images outlive their node by design; this test's go with it.
+        listed = subprocess.run(
+            ["docker", "images", "-q", "--filter", f"label=org.fleetmap.env-node={cluster.paths.node_id}"],
+            capture_output=True, text=True,
+        )
+        images = listed.stdout.split()
+        if images:
+            subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
+
+
+def read_marker(_x):
+    with open("/opt/marker.txt") as fh:
+        return fh.read()
+
+
+@pytest.mark.deadline(400)
+def test_a_dockerfile_is_built_once_and_reused(docker_cluster, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("FLEETMAP_COORDINATOR", docker_cluster.url)
+    monkeypatch.setenv("FLEETMAP_HOME", str(docker_cluster.home))
+    (tmp_path / "marker.txt").write_text(f"marker {tmp_path.name}")
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM fleetmap/base:1\nCOPY marker.txt /opt/marker.txt\n")
+    expected = [f"marker {tmp_path.name}"] * 2
+    assert remote_parallel_map(read_marker, range(2), dockerfile=str(dockerfile), verbose=True) == expected
+    assert "[build] Step" in capfd.readouterr().err
+    assert remote_parallel_map(read_marker, range(2), dockerfile=str(dockerfile)) == expected
+    counters = environments(docker_cluster)["counters"]
+    assert (counters["builds"], counters["hits"]) == (1, 1), counters
+    assert remote_parallel_map(six_version, [0], packages=[]) == ["missing"]

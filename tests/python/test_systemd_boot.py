@@ -115,17 +115,6 @@ def running_jobs(machine: str) -> int:
     return int(out) if out.isdigit() else 0
 
 
-def running_jobs(machine: str) -> int:
-    """Jobs the installed coordinator lists as running."""
-    probe = (
-        "import json, urllib.request; "
-        "jobs = json.load(urllib.request.urlopen('http://127.0.0.1:7077/v1/jobs')); "
-        "print(sum(1 for j in jobs if j.get('state') == 'running'))"
-    )
-    out = sh(machine, f'python3 -c "{probe}"', check=False).stdout.strip()
-    return int(out) if out.isdigit() else 0
-
-
 JOB = textwrap.dedent(
     """
     import os, sys
