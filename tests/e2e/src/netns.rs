@@ -59,7 +59,13 @@ pub struct Fabric {
 /// Why namespaces cannot be used here, or `None` when they can.
 pub fn unavailable() -> Option<String> {
     // Creating one is the only reliable test (root alone is not enough in some containers).
-    let probe = format!("fleetmap-probe-{}", std::process::id());
+    // Unique per call: tests of one process probe at once.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let probe = format!(
+        "fleetmap-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     match ip(&["netns", "add", &probe]) {
         Ok(()) => {
             let _ = ip(&["netns", "del", &probe]);
