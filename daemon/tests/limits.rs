@@ -43,6 +43,36 @@ fn parse_answer(raw: &[u8]) -> (u16, Vec<u8>) {
     (status, body)
 }
 
+/// Opens connections until `n` of them have been served a keep-alive answer: they then hold
+/// every place of a server whose limit is `n` (earlier connections may still be closing).
+async fn hold_served(addr: &str, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if held.len() == n {
+            return held;
+        }
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")) {
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        if got.starts_with(b"HTTP/1.1 200") {
+            held.push(stream);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("could not hold {n} served connections");
+}
+
 fn error_body(body: &[u8]) -> ErrorBody {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)))
@@ -146,12 +176,8 @@ async fn connections_beyond_the_limit_get_503_and_room_comes_back() {
         c.limits.max_connections = 2;
     })
     .await;
-    // Two idle connections hold both places (the health check's own has closed by now).
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(TcpStream::connect(daemon.addr).await.expect("connect"));
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two served keep-alive connections hold both places.
+    let held = hold_served(&daemon.addr.to_string(), 2).await;
     let mut third = TcpStream::connect(daemon.addr).await.expect("connect");
     third
         .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n")

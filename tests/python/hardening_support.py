@@ -118,7 +118,7 @@ def slot_cgroups(node_id: str) -> List[Path]:
     for root in roots:
         parent = root / cgroup_parent(node_id)
         if parent.is_dir():
-            found += [p for p in parent.rglob("*") if p.is_dir()]
+            found += [Path(d) / n for d, dirs, _ in os.walk(parent) for n in dirs]
     return found
 
 
@@ -131,7 +131,9 @@ def cgroup_procs(node_id: str) -> List[int]:
         parent = root / cgroup_parent(node_id)
         if not parent.is_dir():
             continue
-        for procs in [parent / "cgroup.procs", *parent.rglob("cgroup.procs")]:
+        # os.walk ignores directories removed while it walks (slots come and go).
+        for directory, _dirs, _files in os.walk(parent):
+            procs = Path(directory) / "cgroup.procs"
             try:
                 pids.update(int(p) for p in procs.read_text().split())
             except (OSError, ValueError):

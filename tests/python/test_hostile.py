@@ -61,14 +61,22 @@ def assert_node_clean(node, leftovers=()):
     assert gone, f"processes left behind: {[p for p in leftovers if not e2e_support.pid_gone(p)]}"
     if e2e_support.cgroups_missing() is None:
         strangers = []
-        for pid in hs.cgroup_procs(NODE_ID):
-            try:
-                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-            except OSError:
-                continue
-            if b"fleetmap_worker.py" not in cmdline:
-                strangers.append((pid, cmdline[:100]))
-        assert not strangers, f"foreign processes in the node's cgroups: {strangers}"
+
+        def only_workers():
+            strangers.clear()
+            for pid in hs.cgroup_procs(NODE_ID):
+                if e2e_support.pid_gone(pid):
+                    continue  # a zombie the zygote has not reaped yet
+                try:
+                    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+                except OSError:
+                    continue
+                if b"fleetmap_worker.py" not in cmdline:
+                    strangers.append((pid, cmdline[:100]))
+            return not strangers
+
+        assert e2e_support.wait_until(only_workers, 10, 0.1), \
+            f"foreign processes in the node's cgroups: {strangers}"
     assert remote_parallel_map(abs, [-1, -2, -3]) == [1, 2, 3]
 
 

@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(failure) = Failure::from_frame(&failure_frame) {
         let again = Failure::from_frame(&failure.to_frame()).expect("an encoded failure decodes");
         assert_eq!(again, failure);
-        assert_eq!(&failure.exception[..], &data[data.len() - failure.exception.len()..]);
+        assert_eq!(
+            &failure.exception[..],
+            &data[data.len() - failure.exception.len()..]
+        );
         let _ = failure.info.kind.stops_job();
         let _ = failure.info.kind.is_instance_death();
     }

@@ -8,8 +8,8 @@
 #![no_main]
 
 use agent_proto::{
-    BatchView, Failure, Frame, FrameDecoder, FrameError, FrameKind, ItemBatch, JobEnd,
-    JobProgress, JobSpec, Output, WorkerHello, WorkerReady,
+    BatchView, Failure, Frame, FrameDecoder, FrameError, FrameKind, ItemBatch, JobEnd, JobProgress,
+    JobSpec, Output, WorkerHello, WorkerReady,
 };
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -41,7 +41,10 @@ fn parse_body(frame: &Frame) {
                 assert_eq!(view.len(), batch.len());
                 assert_eq!(batch.encode(), frame.body, "batch re-encodes to its body");
             } else {
-                assert!(ItemBatch::from_frame(frame).is_err(), "view and batch agree");
+                assert!(
+                    ItemBatch::from_frame(frame).is_err(),
+                    "view and batch agree"
+                );
             }
         }
         FrameKind::Failure => {
@@ -100,7 +103,11 @@ fuzz_target!(|data: &[u8]| {
         frame.encode_into(&mut encoded);
         parse_body(frame);
     }
-    assert_eq!(&encoded[..], &wire[..encoded.len()], "frames re-encode to their bytes");
+    assert_eq!(
+        &encoded[..],
+        &wire[..encoded.len()],
+        "frames re-encode to their bytes"
+    );
     if whole_err.is_none() {
         assert_eq!(encoded.len(), wire.len(), "a clean stream is all frames");
     }
