@@ -83,19 +83,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cluster token from `file`, else from FLEETMAP_CLUSTER_TOKEN, else none.
-fn cluster_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterToken>> {
-    let text = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the cluster token file {}", path.display()))?,
-        None => match std::env::var(CLUSTER_TOKEN_ENV) {
-            Ok(text) => text,
-            Err(_) => return Ok(None),
-        },
-    };
-    Ok(Some(ClusterToken::new(&text)?))
-}
-
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("FLEETMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -119,7 +106,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.max_connections = args.max_connections.max(1);
     config.max_jobs_per_client = args.max_jobs_per_client;
     config.results_budget_bytes = args.results_budget_bytes;
-    config.cluster_token = cluster_token(args.cluster_token_file.as_deref())?;
+    config.cluster_token =
+        fleetmap_service_config::secret(args.cluster_token_file.as_deref(), CLUSTER_TOKEN_ENV)?
+            .map(|text| ClusterToken::new(&text))
+            .transpose()?;
     if config.cluster_token.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "no cluster token: any host that reaches this port can register as a node; give --cluster-token-file");
     }

@@ -232,7 +232,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if let Some(list) = args.test_only_fake_gpus {
         config.gpus = fleetmapd::GpuSource::TestOnlyFake(list);
     }
-    config.cluster_token = cluster_token(args.cluster_token_file.as_deref())?;
+    config.cluster_token =
+        fleetmap_service_config::secret(args.cluster_token_file.as_deref(), CLUSTER_TOKEN_ENV)?
+            .map(|text| ClusterToken::new(&text))
+            .transpose()?;
     if let Some(slots) = args.test_only_simulated_slots {
         if !matches!(args.cgroups, Cgroups::Off) || slots == 0 {
             anyhow::bail!("--test-only-simulated-slots needs --cgroups off and at least one slot: simulated CPU ids cannot be enforced");
@@ -286,19 +289,6 @@ fn base_url(text: &str) -> Result<String, String> {
         }
         _ => Err("write it as http://host:port or https://host:port, with no path".to_string()),
     }
-}
-
-/// The cluster token from `file`, else from FLEETMAP_CLUSTER_TOKEN, else none.
-fn cluster_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<ClusterToken>> {
-    let text = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the cluster token file {}", path.display()))?,
-        None => match std::env::var(CLUSTER_TOKEN_ENV) {
-            Ok(text) => text,
-            Err(_) => return Ok(None),
-        },
-    };
-    Ok(Some(ClusterToken::new(&text)?))
 }
 
 fn init_tracing(format: LogFormat) {

@@ -60,6 +60,14 @@ pub enum ConfigError {
         /// The parser's reason.
         reason: String,
     },
+    /// A secret's file (cluster token, key) could not be read.
+    #[error("cannot read the secret file {path}: {source}; fix the path or its permissions")]
+    SecretUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The command line itself (or `--help` / `--version`, which clap reports this way).
     #[error(transparent)]
     Cli(#[from] clap::Error),

@@ -10,10 +10,12 @@
 
 mod error;
 mod layers;
+mod secret;
 mod toml_value;
 
 pub use error::ConfigError;
 pub use layers::{parse, try_parse_from, CONFIG_FLAG};
+pub use secret::secret;
 
 /// Exit code of a service refused at start for its configuration (clap's usage-error code).
 pub const EXIT_CONFIG: u8 = 2;
