@@ -132,7 +132,7 @@ async fn sleeping_job(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_cancels_jobs_kills_workers_and_removes_cgroups() {
+async fn sigterm_drains_then_sigint_cancels_jobs_kills_workers_and_removes_cgroups() {
     require!(cgroups);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
@@ -145,7 +145,14 @@ async fn sigterm_cancels_jobs_kills_workers_and_removes_cgroups() {
     let (stream, pids) = sleeping_job(addr, "term", 2, &pids_dir).await;
     assert!(!child_cgroups(&parent).is_empty());
 
+    // SIGTERM drains: the running job goes on (its inputs sleep 60 s)...
     daemon.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for pid in &pids {
+        assert!(support::alive(*pid), "worker {pid} was stopped by a draining SIGTERM");
+    }
+    // ...and SIGINT (or a second SIGTERM) stops the daemon at once.
+    daemon.signal(Signal::SIGINT);
     let out = support::collect(stream).await;
     assert_eq!(out.end().state, JobState::Cancelled);
     assert_eq!(
