@@ -1,6 +1,7 @@
 //! `fleetmap-coordinator`: parses the command line, sets up logging, binds the listener and runs
 //! the coordinator until SIGTERM or SIGINT. Errors become exit code 1 here and nowhere else.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,7 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("FLEETMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

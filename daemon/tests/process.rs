@@ -149,7 +149,10 @@ async fn sigterm_drains_then_sigint_cancels_jobs_kills_workers_and_removes_cgrou
     daemon.signal(Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for pid in &pids {
-        assert!(support::alive(*pid), "worker {pid} was stopped by a draining SIGTERM");
+        assert!(
+            support::alive(*pid),
+            "worker {pid} was stopped by a draining SIGTERM"
+        );
     }
     // ...and SIGINT (or a second SIGTERM) stops the daemon at once.
     daemon.signal(Signal::SIGINT);

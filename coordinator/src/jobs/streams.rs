@@ -3,7 +3,7 @@
 
 use agent_proto::{Frame, FrameKind, JobProgress};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::inflight::Slot;
 use super::node_stream::{self, StreamIo};
@@ -157,6 +157,7 @@ impl JobRun {
         } else {
             self.spec.job_id.clone()
         };
+        info!(job = %self.spec.job_id, node = %node_id, share, "stream opened");
         let mut spec = self.spec.clone();
         spec.job_id.clone_from(&node_job_id);
         spec.parallelism = i64::try_from(share).unwrap_or(i64::MAX);

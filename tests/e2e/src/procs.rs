@@ -76,6 +76,11 @@ impl Proc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Its whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The tail of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
