@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::jobs::Jobs;
+use crate::keys::ApiKeys;
 use crate::node_client::NodeClient;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub struct Inner {
     pub tasks: TaskTracker,
     /// Fired once when the coordinator starts shutting down.
     pub shutdown: CancellationToken,
+    /// The API key checker of a keyed coordinator (`None`: client routes are open).
+    pub api_keys: Option<ApiKeys>,
 }
 
 /// Cloneable handle to the shared state.
@@ -40,6 +43,11 @@ pub struct State {
 impl State {
     /// State for `config`, recording jobs in `store`.
     pub fn new(config: Config, store: Store) -> Self {
+        Self::with_api_keys(config, store, None)
+    }
+
+    /// State whose client routes need a key `api_keys` accepts (when given).
+    pub fn with_api_keys(config: Config, store: Store, api_keys: Option<ApiKeys>) -> Self {
         let registry = Registry::new(config.node_timeout, config.max_nodes);
         let jobs = Jobs::new(config.max_jobs);
         let nodes = NodeClient::new(config.cluster_token.clone());
@@ -52,6 +60,7 @@ impl State {
                 nodes,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                api_keys,
             }),
         }
     }

@@ -26,7 +26,14 @@ pub async fn serve(state: State, req: Request<Incoming>) -> Result<Response<Body
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let answer = match request::parse(req, limits, state.config.cluster_token.as_ref()).await {
+    let answer = match request::parse(
+        req,
+        limits,
+        state.config.cluster_token.as_ref(),
+        state.api_keys.as_ref(),
+    )
+    .await
+    {
         Ok(command) => handlers::apply(&state, command).await,
         Err(err) => Err(err),
     };

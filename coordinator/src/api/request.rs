@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::api::frames_in::{FrameReader, ReadError};
 use crate::error::Error;
 use crate::jobs::ClientInput;
+use crate::keys::ApiKeys;
 
 /// Default and largest `limit` of `GET /v1/jobs`.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -190,25 +191,31 @@ async fn within<T>(
         }))
 }
 
-/// Parses a request into a command; the error says what is wrong with it. Node routes need
-/// `token` (when the coordinator has one) before their body is read.
+/// Parses a request into a command; the error says what is wrong with it. Before any body is
+/// read, node routes need `token` (when the coordinator has one) and every other route but
+/// health needs a key `keys` accepts (when the coordinator is keyed).
 pub async fn parse(
     req: Request<Incoming>,
     limits: Limits,
     token: Option<&ClusterToken>,
+    keys: Option<&ApiKeys>,
 ) -> Result<Command, Error> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let route = Route::parse(path).ok_or_else(|| Error::RouteNotFound {
         path: path.to_owned(),
     })?;
-    if let Some(token) = token {
-        if route.for_nodes(&parts.method) {
-            let sent = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
+    let sent = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if route.for_nodes(&parts.method) {
+        if let Some(token) = token {
             token.verify(sent)?;
+        }
+    } else if route != Route::Health {
+        if let Some(keys) = keys {
+            keys.verify(sent)?;
         }
     }
     match (route, &parts.method) {
