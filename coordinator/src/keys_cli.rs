@@ -81,7 +81,7 @@ fn render(keys: &[KeyRecord]) -> String {
         return "no keys; make one with `fleetmap-coordinator keys create --name NAME`\n".into();
     }
     let mut out = format!(
-        "{:<12}  {:<24}  {:<20}  {}\n",
+        "{:<12}  {:<24}  {:<19}  {}\n",
         "ID", "NAME", "CREATED", "STATE"
     );
     for key in keys {
@@ -90,7 +90,7 @@ fn render(keys: &[KeyRecord]) -> String {
             None => "active".to_string(),
         };
         out.push_str(&format!(
-            "{:<12}  {:<24}  {:<20}  {}\n",
+            "{:<12}  {:<24}  {:<19}  {}\n",
             key.id,
             key.name,
             utc(key.created_at_ms),
