@@ -79,8 +79,9 @@ pub enum Error {
     #[error("{0}")]
     Unauthorized(#[from] AuthError),
     /// A client route was called without a valid API key, or the key table failed.
+    /// (Boxed: the key table's SQLite error would make every `Result<_, Error>` large.)
     #[error("{0}")]
-    ApiKey(#[from] KeyError),
+    ApiKey(Box<KeyError>),
     /// A detached job's results would exceed the result budget.
     #[error("job {job_id} stores more results than the coordinator's result budget of {budget} bytes allows; fetch and delete older results (fleetmap results JOB --delete) or raise --results-budget-bytes")]
     ResultBudget {
@@ -185,6 +186,12 @@ pub enum Error {
     Listener(std::io::Error),
 }
 
+impl From<KeyError> for Error {
+    fn from(err: KeyError) -> Self {
+        Self::ApiKey(Box::new(err))
+    }
+}
+
 impl Error {
     /// The error class, which decides the HTTP status.
     pub fn code(&self) -> ErrorCode {
@@ -278,9 +285,9 @@ mod tests {
             ),
             (Error::Busy("x".into()), 503),
             (Error::Unauthorized(AuthError::Wrong), 401),
-            (Error::ApiKey(KeyError::Missing), 401),
-            (Error::ApiKey(KeyError::Revoked { id: "x".into() }), 401),
-            (Error::ApiKey(KeyError::NoSuchKey("x".into())), 500),
+            (KeyError::Missing.into(), 401),
+            (KeyError::Revoked { id: "x".into() }.into(), 401),
+            (KeyError::NoSuchKey("x".into()).into(), 500),
         ];
         for (err, status) in cases {
             assert_eq!(error_response(&err).status().as_u16(), status, "{err}");
