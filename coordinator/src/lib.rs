@@ -13,6 +13,7 @@ pub mod conn;
 pub mod error;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod node_client;
 pub mod registry;
 mod server;

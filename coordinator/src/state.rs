@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::jobs::Jobs;
 use crate::keys::ApiKeys;
+use crate::metrics::Metrics;
 use crate::node_client::NodeClient;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -32,6 +33,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// The API key checker of a keyed coordinator (`None`: client routes are open).
     pub api_keys: Option<ApiKeys>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 /// Cloneable handle to the shared state.
@@ -61,6 +64,7 @@ impl State {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 api_keys,
+                metrics: Metrics::new(),
             }),
         }
     }

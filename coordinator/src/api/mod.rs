@@ -24,6 +24,7 @@ pub async fn serve(state: State, req: Request<Incoming>) -> Result<Response<Body
         max_frame_bytes: state.config.max_frame_bytes,
         head_timeout: state.config.request_head_timeout,
     };
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let answer = match request::parse(
@@ -37,11 +38,18 @@ pub async fn serve(state: State, req: Request<Incoming>) -> Result<Response<Body
         Ok(command) => handlers::apply(&state, command).await,
         Err(err) => Err(err),
     };
-    Ok(match answer {
+    let response = match answer {
         Ok(response) => response,
         Err(err) => {
             debug!(%method, %path, status = err.code().status(), cause = %err, "request refused");
             error_response(&err)
         }
-    })
+    };
+    state.metrics.observe_request(
+        &path,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(response)
 }

@@ -37,6 +37,8 @@ pub struct Submission {
 pub enum Command {
     /// `GET /v1/health`.
     Health,
+    /// `GET /metrics`.
+    Metrics,
     /// `POST /v1/nodes`.
     RegisterNode(NodeRegistration),
     /// `POST /v1/nodes/{id}/heartbeat`.
@@ -93,6 +95,7 @@ pub enum Command {
 /// `agent-proto/openapi/coordinator.json` both ways, and the unit test below against [`Route`].
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/metrics"),
     ("GET", "/v1/nodes"),
     ("POST", "/v1/nodes"),
     ("DELETE", "/v1/nodes/{node_id}"),
@@ -111,6 +114,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub enum Route {
     /// `/v1/health`
     Health,
+    /// `/metrics` (Prometheus)
+    Metrics,
     /// `/v1/nodes`
     Nodes,
     /// `/v1/nodes/{id}`
@@ -130,6 +135,9 @@ pub enum Route {
 impl Route {
     /// The route a path names, if any.
     pub fn parse(path: &str) -> Option<Self> {
+        if path == "/metrics" {
+            return Some(Self::Metrics);
+        }
         let rest = path.strip_prefix("/v1/")?;
         let segments: Vec<&str> = rest.split('/').collect();
         Some(match segments.as_slice() {
@@ -145,10 +153,25 @@ impl Route {
         })
     }
 
+    /// The route's path template, as in [`ROUTES`] (a metrics label: ids never become labels).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Self::Health => "/v1/health",
+            Self::Metrics => "/metrics",
+            Self::Nodes => "/v1/nodes",
+            Self::Node(_) => "/v1/nodes/{node_id}",
+            Self::Heartbeat(_) => "/v1/nodes/{node_id}/heartbeat",
+            Self::Jobs => "/v1/jobs",
+            Self::Job(_) => "/v1/jobs/{job_id}",
+            Self::JobInputs(_) => "/v1/jobs/{job_id}/inputs",
+            Self::JobResults(_) => "/v1/jobs/{job_id}/results",
+        }
+    }
+
     /// Methods the route takes, for 405 answers.
     pub fn allow(&self) -> &'static str {
         match self {
-            Self::Health => "GET",
+            Self::Health | Self::Metrics => "GET",
             Self::Nodes | Self::Jobs => "GET, POST",
             Self::Heartbeat(_) | Self::JobInputs(_) => "POST",
             Self::Job(_) | Self::JobResults(_) => "GET, DELETE",
@@ -220,6 +243,7 @@ pub async fn parse(
     }
     match (route, &parts.method) {
         (Route::Health, &Method::GET) => Ok(Command::Health),
+        (Route::Metrics, &Method::GET) => Ok(Command::Metrics),
         (Route::Nodes, &Method::GET) => Ok(Command::ListNodes),
         (Route::Nodes, &Method::POST) => Ok(Command::RegisterNode(
             within(
@@ -370,6 +394,7 @@ mod tests {
                 .replace("{node_id}", "n1")
                 .replace("{job_id}", "j1");
             let route = Route::parse(&path).unwrap_or_else(|| panic!("{template} is routed"));
+            assert_eq!(route.template(), template);
             let mut allowed: Vec<&str> = route.allow().split(", ").collect();
             allowed.sort_unstable();
             methods.sort_unstable();
