@@ -26,11 +26,15 @@ fn parse(text: &str) -> Result<HashMap<String, f64>> {
 }
 
 async fn scrape(cluster: &Cluster) -> Result<HashMap<String, f64>> {
+    scrape_url(cluster, &cluster.coordinator.url).await
+}
+
+async fn scrape_url(cluster: &Cluster, base: &str) -> Result<HashMap<String, f64>> {
     let (status, body) = cluster
         .http
         .call(
             http::Method::GET,
-            &format!("{}/metrics", cluster.coordinator.url),
+            &format!("{base}/metrics"),
             bytes::Bytes::new(),
         )
         .await?;
@@ -53,6 +57,8 @@ async fn values_move_while_a_job_runs() -> Result<()> {
     ensure!(get(&before, "fleetmap_coordinator_nodes{state=\"alive\"}")? == 1.0);
     ensure!(get(&before, "fleetmap_coordinator_cpus{state=\"total\"}")? >= 1.0);
 
+    let node = cluster.daemons[0].url.clone();
+    let node_before = scrape_url(&cluster, &node).await?;
     let payloads = python::payloads(
         "import time\ndef f(x):\n    time.sleep(0.25)\n    return x + 1\n",
         "range(40)",
@@ -64,7 +70,23 @@ async fn values_move_while_a_job_runs() -> Result<()> {
         .submit(&cluster.coordinator.url, &first)
         .await?;
 
+    let own_env = "fleetmap_daemon_env_cache_events_total{event=\"node_default\"}";
     let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let on_node = scrape_url(&cluster, &node).await?;
+        let running = get(&on_node, "fleetmap_daemon_jobs_running")?;
+        let queued = get(&on_node, "fleetmap_daemon_inputs{state=\"queued\"}")?;
+        let busy = get(&on_node, "fleetmap_daemon_inputs{state=\"running\"}")?;
+        let instances = get(&on_node, "fleetmap_daemon_instances")?;
+        let cpus = get(&on_node, "fleetmap_daemon_cpus{state=\"in_use\"}")?;
+        if running == 1.0 && queued + busy > 0.0 && instances >= 1.0 && cpus >= 1.0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the node never showed the job: running {running} queued {queued} busy {busy} instances {instances} cpus {cpus}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     loop {
         let during = scrape(&cluster).await?;
         let running = get(&during, "fleetmap_coordinator_jobs_running")?;
@@ -98,5 +120,21 @@ async fn values_move_while_a_job_runs() -> Result<()> {
         "fleetmap_coordinator_request_duration_seconds_count{route=\"/metrics\",method=\"GET\",status=\"200\"}",
     )?;
     ensure!(scrapes >= 2.0, "earlier scrapes are counted: {scrapes}");
+
+    let node_after = scrape_url(&cluster, &node).await?;
+    ensure!(get(&node_after, "fleetmap_daemon_jobs_running")? == 0.0);
+    ensure!(get(&node_after, "fleetmap_daemon_instances")? == 0.0);
+    ensure!(
+        get(&node_after, own_env)? == get(&node_before, own_env).unwrap_or(0.0) + 1.0,
+        "the job ran in the node's own environment: {:?} then {:?}",
+        node_before.get(own_env),
+        node_after.get(own_env)
+    );
+    ensure!(
+        get(
+            &node_after,
+            "fleetmap_daemon_request_duration_seconds_count{route=\"/v1/jobs\",method=\"POST\",status=\"200\"}"
+        )? == 1.0
+    );
     Ok(())
 }
