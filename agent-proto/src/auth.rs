@@ -76,7 +76,12 @@ impl ClusterToken {
     }
 }
 
-/// The credential of a `Bearer` header value (scheme case-insensitive, RFC 6750).
+/// The credential of a `Bearer` header value (scheme case-insensitive, RFC 6750); `None` when
+/// the value is not a bearer credential. Shared with the coordinator's API key check.
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    strip_bearer(value)
+}
+
 fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {

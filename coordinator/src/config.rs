@@ -55,6 +55,10 @@ pub struct Config {
     /// Payload bytes of detached jobs' results the database may hold; a detached job whose
     /// results would go beyond it fails with a sentence naming this limit.
     pub results_budget_bytes: u64,
+    /// Whether every client route (all but health and the node routes) needs an API key made
+    /// with `fleetmap-coordinator keys create`. Off by default so the local cluster needs no
+    /// configuration; a fleet's coordinator turns it on (`--require-api-keys`).
+    pub require_api_keys: bool,
 }
 
 impl Config {
@@ -84,6 +88,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             cluster_token: None,
             results_budget_bytes: 10 << 30,
+            require_api_keys: false,
         }
     }
 

@@ -8,6 +8,7 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use thiserror::Error;
 
 use crate::api::body::Body;
+use crate::keys::KeyError;
 use crate::store::StoreError;
 
 /// Everything that can go wrong while serving a request or starting the coordinator.
@@ -77,6 +78,10 @@ pub enum Error {
     /// A node route was called without the cluster token, or with a wrong one.
     #[error("{0}")]
     Unauthorized(#[from] AuthError),
+    /// A client route was called without a valid API key, or the key table failed.
+    /// (Boxed: the key table's SQLite error would make every `Result<_, Error>` large.)
+    #[error("{0}")]
+    ApiKey(Box<KeyError>),
     /// A detached job's results would exceed the result budget.
     #[error("job {job_id} stores more results than the coordinator's result budget of {budget} bytes allows; fetch and delete older results (fleetmap results JOB --delete) or raise --results-budget-bytes")]
     ResultBudget {
@@ -181,6 +186,12 @@ pub enum Error {
     Listener(std::io::Error),
 }
 
+impl From<KeyError> for Error {
+    fn from(err: KeyError) -> Self {
+        Self::ApiKey(Box::new(err))
+    }
+}
+
 impl Error {
     /// The error class, which decides the HTTP status.
     pub fn code(&self) -> ErrorCode {
@@ -190,6 +201,8 @@ impl Error {
             }
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::ApiKey(err) if err.is_refusal() => ErrorCode::Unauthorized,
+            Self::ApiKey(_) => ErrorCode::Internal,
             // The job exists; its results do not (not detached, or deleted).
             Self::NoResults(_) | Self::StillRunning { .. } => ErrorCode::Conflict,
             Self::ResultBudget { .. } => ErrorCode::PayloadTooLarge,
@@ -237,6 +250,12 @@ pub fn error_response(err: &Error) -> Response<Body> {
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
+    if code == ErrorCode::Unauthorized {
+        // RFC 6750: say which scheme the route takes.
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     response
 }
 
@@ -266,6 +285,9 @@ mod tests {
             ),
             (Error::Busy("x".into()), 503),
             (Error::Unauthorized(AuthError::Wrong), 401),
+            (KeyError::Missing.into(), 401),
+            (KeyError::Revoked { id: "x".into() }.into(), 401),
+            (KeyError::NoSuchKey("x".into()).into(), 500),
         ];
         for (err, status) in cases {
             assert_eq!(error_response(&err).status().as_u16(), status, "{err}");

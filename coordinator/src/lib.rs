@@ -12,6 +12,8 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod jobs;
+pub mod keys;
+pub mod metrics;
 pub mod node_client;
 pub mod registry;
 mod server;

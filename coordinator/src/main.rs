@@ -1,5 +1,6 @@
 //! `fleetmap-coordinator`: parses the command line, sets up logging, binds the listener and runs
-//! the coordinator until SIGTERM or SIGINT. Errors become exit code 1 here and nowhere else.
+//! the coordinator until SIGTERM or SIGINT; `fleetmap-coordinator keys ...` manages API keys.
+//! Errors become exit codes here and nowhere else (2: a refused setting, 1: anything else).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use agent_proto::{ClusterToken, CLUSTER_TOKEN_ENV};
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fleetmap_coordinator::{run, Config};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,9 +25,39 @@ enum LogFormat {
     Json,
 }
 
+mod keys_cli;
+
 /// fleetmap coordinator: node registry, job splitting, result streaming.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    name = "fleetmap-coordinator",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Makes, lists and revokes client API keys (in the coordinator's database; a running
+    /// coordinator sees the change within a second).
+    Keys {
+        #[command(subcommand)]
+        action: keys_cli::Action,
+        /// The coordinator's database (default: the `db` setting of FLEETMAP_COORDINATOR_DB
+        /// or of the file FLEETMAP_COORDINATOR_CONFIG names).
+        #[arg(long, global = true)]
+        db: Option<PathBuf>,
+    },
+}
+
+/// Flags of the coordinator itself.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -35,8 +66,8 @@ struct Args {
     #[arg(long)]
     addr_file: Option<PathBuf>,
     /// SQLite database of job records.
-    #[arg(long)]
-    db: PathBuf,
+    #[arg(long, required = true)]
+    db: Option<PathBuf>,
     /// How long a job waits for a first live node before it is refused.
     #[arg(long, default_value_t = 5000)]
     node_wait_ms: u64,
@@ -69,10 +100,30 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Refuse every client route (all but health and the node routes) without an API key
+    /// made by `fleetmap-coordinator keys create`; needs a cluster token as well.
+    #[arg(long)]
+    require_api_keys: bool,
 }
 
 fn main() -> ExitCode {
-    let args: Args = fleetmap_service_config::parse("FLEETMAP_COORDINATOR_");
+    let cli: Cli = fleetmap_service_config::parse("FLEETMAP_COORDINATOR_");
+    let args = cli.serve;
+    if let Some(Command::Keys { action, db }) = cli.command {
+        let Some(db) = db.or(args.db) else {
+            eprintln!(
+                "error: say which database holds the keys: --db PATH (the coordinator's --db)"
+            );
+            return ExitCode::from(fleetmap_service_config::EXIT_CONFIG);
+        };
+        return match keys_cli::run(action, &db) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("fleetmap-coordinator: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing(args.log_format);
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,7 +149,10 @@ fn init_tracing(format: LogFormat) {
 
 #[tokio::main]
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let mut config = Config::new(&args.db);
+    let Some(db) = &args.db else {
+        anyhow::bail!("--db is required to serve");
+    };
+    let mut config = Config::new(db);
     config.addr_file = args.addr_file;
     config.node_wait = Duration::from_millis(args.node_wait_ms);
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
@@ -112,6 +166,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         fleetmap_service_config::secret(args.cluster_token_file.as_deref(), CLUSTER_TOKEN_ENV)?
             .map(|text| ClusterToken::new(&text))
             .transpose()?;
+    config.require_api_keys = args.require_api_keys;
+    if args.require_api_keys && config.cluster_token.is_none() {
+        anyhow::bail!("--require-api-keys needs a cluster token as well (--cluster-token-file or FLEETMAP_CLUSTER_TOKEN): without one any host could register as a node");
+    }
+    if !args.require_api_keys && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "client routes are open: anyone who reaches this port can run code on the fleet; give --require-api-keys");
+    }
     if config.cluster_token.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "no cluster token: any host that reaches this port can register as a node; give --cluster-token-file");
     }

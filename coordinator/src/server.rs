@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::conn::{self, ClientJobs};
 use crate::error::Error;
+use crate::keys::ApiKeys;
 use crate::registry;
 use crate::state::State;
 use crate::store::Store;
@@ -33,8 +34,13 @@ pub async fn run(
     if let Some(path) = &config.addr_file {
         write_addr_file(path, &url)?;
     }
-    let state = State::new(config, store);
-    info!(%url, db = %state.config.db_path.display(), "coordinator listening");
+    let api_keys = if config.require_api_keys {
+        Some(ApiKeys::open(&config.db_path)?)
+    } else {
+        None
+    };
+    let state = State::with_api_keys(config, store, api_keys);
+    info!(%url, db = %state.config.db_path.display(), api_keys = state.api_keys.is_some(), "coordinator listening");
     let reaper = tokio::spawn(registry::run_reaper(
         state.registry.clone(),
         state.config.reap_interval(),

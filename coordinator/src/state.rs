@@ -8,6 +8,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::jobs::Jobs;
+use crate::keys::ApiKeys;
+use crate::metrics::Metrics;
 use crate::node_client::NodeClient;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -29,6 +31,10 @@ pub struct Inner {
     pub tasks: TaskTracker,
     /// Fired once when the coordinator starts shutting down.
     pub shutdown: CancellationToken,
+    /// The API key checker of a keyed coordinator (`None`: client routes are open).
+    pub api_keys: Option<ApiKeys>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 /// Cloneable handle to the shared state.
@@ -40,6 +46,11 @@ pub struct State {
 impl State {
     /// State for `config`, recording jobs in `store`.
     pub fn new(config: Config, store: Store) -> Self {
+        Self::with_api_keys(config, store, None)
+    }
+
+    /// State whose client routes need a key `api_keys` accepts (when given).
+    pub fn with_api_keys(config: Config, store: Store, api_keys: Option<ApiKeys>) -> Self {
         let registry = Registry::new(config.node_timeout, config.max_nodes);
         let jobs = Jobs::new(config.max_jobs);
         let nodes = NodeClient::new(config.cluster_token.clone());
@@ -52,6 +63,8 @@ impl State {
                 nodes,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                api_keys,
+                metrics: Metrics::new(),
             }),
         }
     }

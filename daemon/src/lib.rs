@@ -25,6 +25,7 @@ pub mod env;
 pub mod error;
 pub mod gpus;
 pub mod job;
+pub mod metrics;
 pub mod node;
 pub mod runtime;
 pub mod server;

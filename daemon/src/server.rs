@@ -113,6 +113,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         drain: config.drain.clone(),
         cluster_token: config.cluster_token.clone(),
+        metrics: crate::metrics::Metrics::new(),
     });
     tokio::spawn(crate::gpus::keep_fresh(
         gpu_inventory.clone(),

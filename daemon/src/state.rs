@@ -47,6 +47,8 @@ pub struct Inner {
     /// The fleet's shared secret: required on every route but health, sent to the
     /// coordinator. `None`: open (local use).
     pub cluster_token: Option<ClusterToken>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {

@@ -32,6 +32,14 @@ struct Health {
 /// Applies `command`.
 pub async fn apply(state: &State, command: Command) -> Result<Response<Body>, Error> {
     match command {
+        Command::Metrics => {
+            let mut response = Response::new(Body::full(state.metrics.render(state)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            Ok(response)
+        }
         Command::Health => Ok(Body::json_response(
             StatusCode::OK,
             &Health {

@@ -24,17 +24,32 @@ pub async fn serve(state: State, req: Request<Incoming>) -> Result<Response<Body
         max_frame_bytes: state.config.max_frame_bytes,
         head_timeout: state.config.request_head_timeout,
     };
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let answer = match request::parse(req, limits, state.config.cluster_token.as_ref()).await {
+    let answer = match request::parse(
+        req,
+        limits,
+        state.config.cluster_token.as_ref(),
+        state.api_keys.as_ref(),
+    )
+    .await
+    {
         Ok(command) => handlers::apply(&state, command).await,
         Err(err) => Err(err),
     };
-    Ok(match answer {
+    let response = match answer {
         Ok(response) => response,
         Err(err) => {
             debug!(%method, %path, status = err.code().status(), cause = %err, "request refused");
             error_response(&err)
         }
-    })
+    };
+    state.metrics.observe_request(
+        &path,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(response)
 }

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::api::frames_in::{FrameReader, ReadError};
 use crate::error::Error;
 use crate::jobs::ClientInput;
+use crate::keys::ApiKeys;
 
 /// Default and largest `limit` of `GET /v1/jobs`.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -36,6 +37,8 @@ pub struct Submission {
 pub enum Command {
     /// `GET /v1/health`.
     Health,
+    /// `GET /metrics`.
+    Metrics,
     /// `POST /v1/nodes`.
     RegisterNode(NodeRegistration),
     /// `POST /v1/nodes/{id}/heartbeat`.
@@ -92,6 +95,7 @@ pub enum Command {
 /// `agent-proto/openapi/coordinator.json` both ways, and the unit test below against [`Route`].
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/metrics"),
     ("GET", "/v1/nodes"),
     ("POST", "/v1/nodes"),
     ("DELETE", "/v1/nodes/{node_id}"),
@@ -110,6 +114,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub enum Route {
     /// `/v1/health`
     Health,
+    /// `/metrics` (Prometheus)
+    Metrics,
     /// `/v1/nodes`
     Nodes,
     /// `/v1/nodes/{id}`
@@ -129,6 +135,9 @@ pub enum Route {
 impl Route {
     /// The route a path names, if any.
     pub fn parse(path: &str) -> Option<Self> {
+        if path == "/metrics" {
+            return Some(Self::Metrics);
+        }
         let rest = path.strip_prefix("/v1/")?;
         let segments: Vec<&str> = rest.split('/').collect();
         Some(match segments.as_slice() {
@@ -144,10 +153,25 @@ impl Route {
         })
     }
 
+    /// The route's path template, as in [`ROUTES`] (a metrics label: ids never become labels).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Self::Health => "/v1/health",
+            Self::Metrics => "/metrics",
+            Self::Nodes => "/v1/nodes",
+            Self::Node(_) => "/v1/nodes/{node_id}",
+            Self::Heartbeat(_) => "/v1/nodes/{node_id}/heartbeat",
+            Self::Jobs => "/v1/jobs",
+            Self::Job(_) => "/v1/jobs/{job_id}",
+            Self::JobInputs(_) => "/v1/jobs/{job_id}/inputs",
+            Self::JobResults(_) => "/v1/jobs/{job_id}/results",
+        }
+    }
+
     /// Methods the route takes, for 405 answers.
     pub fn allow(&self) -> &'static str {
         match self {
-            Self::Health => "GET",
+            Self::Health | Self::Metrics => "GET",
             Self::Nodes | Self::Jobs => "GET, POST",
             Self::Heartbeat(_) | Self::JobInputs(_) => "POST",
             Self::Job(_) | Self::JobResults(_) => "GET, DELETE",
@@ -190,29 +214,36 @@ async fn within<T>(
         }))
 }
 
-/// Parses a request into a command; the error says what is wrong with it. Node routes need
-/// `token` (when the coordinator has one) before their body is read.
+/// Parses a request into a command; the error says what is wrong with it. Before any body is
+/// read, node routes need `token` (when the coordinator has one) and every other route but
+/// health needs a key `keys` accepts (when the coordinator is keyed).
 pub async fn parse(
     req: Request<Incoming>,
     limits: Limits,
     token: Option<&ClusterToken>,
+    keys: Option<&ApiKeys>,
 ) -> Result<Command, Error> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let route = Route::parse(path).ok_or_else(|| Error::RouteNotFound {
         path: path.to_owned(),
     })?;
-    if let Some(token) = token {
-        if route.for_nodes(&parts.method) {
-            let sent = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
+    let sent = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if route.for_nodes(&parts.method) {
+        if let Some(token) = token {
             token.verify(sent)?;
+        }
+    } else if route != Route::Health {
+        if let Some(keys) = keys {
+            keys.verify(sent)?;
         }
     }
     match (route, &parts.method) {
         (Route::Health, &Method::GET) => Ok(Command::Health),
+        (Route::Metrics, &Method::GET) => Ok(Command::Metrics),
         (Route::Nodes, &Method::GET) => Ok(Command::ListNodes),
         (Route::Nodes, &Method::POST) => Ok(Command::RegisterNode(
             within(
@@ -363,6 +394,7 @@ mod tests {
                 .replace("{node_id}", "n1")
                 .replace("{job_id}", "j1");
             let route = Route::parse(&path).unwrap_or_else(|| panic!("{template} is routed"));
+            assert_eq!(route.template(), template);
             let mut allowed: Vec<&str> = route.allow().split(", ").collect();
             allowed.sort_unstable();
             methods.sort_unstable();

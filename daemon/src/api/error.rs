@@ -120,6 +120,13 @@ pub fn response(err: &ApiError) -> Response<ResponseBody> {
             response.headers_mut().insert(header::ALLOW, value);
         }
     }
+    if code == ErrorCode::Unauthorized {
+        // RFC 6750: say which scheme the route takes.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
     response
 }
 

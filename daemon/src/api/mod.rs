@@ -26,6 +26,8 @@ use crate::state::Daemon;
 pub enum ApiRequest {
     /// `GET /v1/health`.
     Health,
+    /// `GET /metrics`.
+    Metrics,
     /// `GET /v1/node`.
     Node,
     /// `GET /v1/environments`.
@@ -72,16 +74,24 @@ pub async fn handle(
     daemon: Daemon,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let answer = match parse(&daemon, request).await {
         Ok(parsed) => apply(&daemon, parsed).await,
         Err(err) => Err(err),
     };
-    Ok(answer.unwrap_or_else(|err| {
+    let response = answer.unwrap_or_else(|err| {
         debug!(%method, %path, code = ?err.code(), error = %err, "request refused");
         error::response(&err)
-    }))
+    });
+    daemon.inner().metrics.observe_request(
+        &path,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(response)
 }
 
 /// Turns a request into an [`ApiRequest`].
@@ -111,6 +121,7 @@ pub async fn parse(daemon: &Daemon, request: Request<Incoming>) -> Result<ApiReq
     let max_frame = daemon.inner().limits.max_frame_bytes;
     Ok(match route {
         Route::Health => ApiRequest::Health,
+        Route::Metrics => ApiRequest::Metrics,
         Route::Node => ApiRequest::Node,
         Route::Environments => ApiRequest::Environments,
         Route::Drain => ApiRequest::Drain,
@@ -183,6 +194,15 @@ pub async fn apply(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "version": SOFTWARE_VERSION}),
         )),
+        ApiRequest::Metrics => {
+            let text = daemon.inner().metrics.render(daemon);
+            let mut response = Response::new(full(text.into_bytes()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            Ok(response)
+        }
         ApiRequest::Node => Ok(json(StatusCode::OK, &crate::node::info(daemon))),
         ApiRequest::Environments => Ok(json(StatusCode::OK, &daemon.inner().envs.info())),
         ApiRequest::ReleaseInputs { job_id, max_items } => {

@@ -6,6 +6,7 @@ use http::Method;
 /// Every route: method and path template (`{id}` is a job id).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/metrics"),
     ("GET", "/v1/node"),
     ("GET", "/v1/environments"),
     ("GET", "/v1/jobs"),
@@ -22,6 +23,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub enum Route {
     /// `GET /v1/health`.
     Health,
+    /// `GET /metrics` (Prometheus).
+    Metrics,
     /// `GET /v1/node`.
     Node,
     /// `GET /v1/environments`.
@@ -66,6 +69,14 @@ fn matches(template: &str, path: &str) -> Option<Option<String>> {
     }
 }
 
+/// The template of the route `path` names (a metrics label: ids never become labels).
+pub fn template(path: &str) -> Option<&'static str> {
+    ROUTES
+        .iter()
+        .find(|(_, template)| matches(template, path).is_some())
+        .map(|(_, template)| *template)
+}
+
 /// Finds the route for a request.
 pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
     let mut allowed = Vec::new();
@@ -80,6 +91,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         let id = id.unwrap_or_default();
         return Ok(match *template {
             "/v1/health" => Route::Health,
+            "/metrics" => Route::Metrics,
             "/v1/node" => Route::Node,
             "/v1/environments" => Route::Environments,
             "/v1/drain" => Route::Drain,

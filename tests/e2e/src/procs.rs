@@ -212,6 +212,16 @@ impl Coordinator {
     /// Like [`Coordinator::start`], listening on `listen`. An address file an earlier
     /// coordinator of `dir` left (killed) is removed first.
     pub fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_env(dir, listen, extra, &[])
+    }
+
+    /// Like [`Coordinator::start_on`], with extra environment variables.
+    pub fn start_env(
+        dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let addr = dir.join("coordinator.addr");
         let _ = std::fs::remove_file(&addr);
         let mut command = Command::new(binary("fleetmap-coordinator")?);
@@ -220,7 +230,8 @@ impl Coordinator {
             .arg(&addr)
             .arg("--db")
             .arg(dir.join("coordinator.db"))
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let mut proc = Proc::spawn("fleetmap-coordinator", command, dir.join("coordinator.log"))?;
         let url = wait_addr(&mut proc, &addr, Duration::from_secs(10))?;
         Ok(Self { proc, url })

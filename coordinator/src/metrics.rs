@@ -1,0 +1,230 @@
+//! Prometheus metrics of the coordinator (`GET /metrics`, OpenMetrics text): request latencies
+//! by route, method and status, recorded as requests are answered; and the fleet and its jobs
+//! (nodes, CPUs, GPUs, running instances, running jobs and their inputs), read from the state
+//! when scraped, so they are never stale and cost nothing between scrapes.
+//!
+//! Built on `prometheus-client`, the Prometheus project's own Rust client: typed metric
+//! families with derived label sets, no global registry, text encoding without protobuf.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::api::request::Route;
+use crate::state::State;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a request latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's template (`/v1/jobs/{job_id}`), or `unmatched`.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The answer's status code.
+    pub status: String,
+}
+
+/// A `state` or `kind` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+type Histograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s: job submissions answer once admitted, control routes in microseconds.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The coordinator's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    // A std mutex: encoding is synchronous and nothing awaits while it is held.
+    registry: Mutex<Registry>,
+    requests: Histograms,
+    nodes: Family<StateLabel, Gauge>,
+    cpus: Family<StateLabel, Gauge>,
+    gpus: Family<StateLabel, Gauge>,
+    instances: Gauge,
+    jobs_running: Gauge,
+    inputs: Family<StateLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered under the `fleetmap_coordinator` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fleetmap_coordinator");
+        let requests: Histograms = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer's head, by route, method and status",
+            requests.clone(),
+        );
+        let nodes = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "nodes",
+            "Registered nodes by state (alive, draining, dead)",
+            nodes.clone(),
+        );
+        let cpus = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "cpus",
+            "CPUs of live nodes: total, and in use by instances",
+            cpus.clone(),
+        );
+        let gpus = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "gpus",
+            "GPUs of live nodes: total, and in use by instances",
+            gpus.clone(),
+        );
+        let instances = Gauge::default();
+        registry.register(
+            "instances",
+            "Function instances running on live nodes",
+            instances.clone(),
+        );
+        let jobs_running = Gauge::default();
+        registry.register("jobs_running", "Jobs running", jobs_running.clone());
+        let inputs = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "inputs",
+            "Inputs of running jobs: received, pending (queued or running), done, failed",
+            inputs.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            nodes,
+            cpus,
+            gpus,
+            instances,
+            jobs_running,
+            inputs,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, path: &str, method: &str, status: u16, seconds: f64) {
+        let route = Route::parse(path)
+            .map(|route| route.template())
+            .unwrap_or("unmatched");
+        // Labels stay a small set whatever clients send.
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+            _ => "other",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status: status.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// The exposition, with the fleet and job gauges read from `state` now.
+    pub fn render(&self, state: &State) -> String {
+        self.refresh(state);
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = String::new();
+        if let Err(err) = encode(&mut out, &registry) {
+            tracing::warn!(cause = %err, "cannot encode the metrics");
+        }
+        out
+    }
+
+    fn refresh(&self, state: &State) {
+        let set = |family: &Family<StateLabel, Gauge>, label: &str, value: u64| {
+            family
+                .get_or_create(&StateLabel {
+                    state: label.to_owned(),
+                })
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        let views = state.registry.views(tokio::time::Instant::now());
+        let (mut alive, mut draining, mut dead) = (0, 0, 0);
+        let (mut cpus, mut free_cpus, mut gpus, mut gpus_used, mut instances) = (0, 0, 0, 0, 0);
+        for view in &views {
+            match (view.alive, view.info.draining) {
+                (false, _) => dead += 1,
+                (true, true) => draining += 1,
+                (true, false) => alive += 1,
+            }
+            if view.alive {
+                cpus += u64::from(view.info.cpus);
+                free_cpus += u64::from(view.info.free_cpus);
+                instances += u64::from(view.info.instances);
+                gpus += view.info.gpus.len() as u64;
+                gpus_used += view.info.gpus.iter().filter(|g| g.in_use).count() as u64;
+            }
+        }
+        set(&self.nodes, "alive", alive);
+        set(&self.nodes, "draining", draining);
+        set(&self.nodes, "dead", dead);
+        set(&self.cpus, "total", cpus);
+        set(&self.cpus, "in_use", cpus.saturating_sub(free_cpus));
+        set(&self.gpus, "total", gpus);
+        set(&self.gpus, "in_use", gpus_used);
+        self.instances
+            .set(i64::try_from(instances).unwrap_or(i64::MAX));
+
+        let jobs = state.jobs.all();
+        let (mut received, mut done, mut failed) = (0, 0, 0);
+        for job in &jobs {
+            let record = job.record();
+            received += record.inputs;
+            done += record.done;
+            failed += record.failed;
+        }
+        self.jobs_running
+            .set(i64::try_from(jobs.len()).unwrap_or(i64::MAX));
+        set(&self.inputs, "received", received);
+        set(
+            &self.inputs,
+            "pending",
+            received.saturating_sub(done + failed),
+        );
+        set(&self.inputs, "done", done);
+        set(&self.inputs, "failed", failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_recorded_by_route_template() {
+        let metrics = Metrics::new();
+        metrics.observe_request("/v1/jobs/abc", "GET", 404, 0.001);
+        metrics.observe_request("/nowhere", "GET", 404, 0.001);
+        let registry = metrics.registry.lock().expect("lock");
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("encode");
+        assert!(
+            out.contains("fleetmap_coordinator_request_duration_seconds_count{route=\"/v1/jobs/{job_id}\",method=\"GET\",status=\"404\"} 1"),
+            "{out}"
+        );
+        assert!(out.contains("route=\"unmatched\""), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
+    }
+}

@@ -1,0 +1,241 @@
+//! Prometheus metrics of the daemon (`GET /metrics`, OpenMetrics text): request latencies by
+//! route, method and status, recorded as requests are answered; and what the node offers and
+//! runs (CPUs, RAM, GPUs, instances, jobs and their inputs) and its environment cache's
+//! counters, read from the daemon's state when scraped.
+//!
+//! Built on `prometheus-client`, the Prometheus project's own Rust client (as the
+//! coordinator's metrics are).
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::state::Daemon;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a request latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+/// A `state` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+/// An `event` label of the environment cache.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
+type Histograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s: submissions answer once admitted (an environment build can take long).
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The daemon's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    // A std mutex: encoding is synchronous and nothing awaits while it is held.
+    registry: Mutex<Registry>,
+    requests: Histograms,
+    cpus: Family<StateLabel, Gauge>,
+    ram: Family<StateLabel, Gauge>,
+    gpus: Family<StateLabel, Gauge>,
+    instances: Gauge,
+    jobs_running: Gauge,
+    inputs: Family<StateLabel, Gauge>,
+    env_events: Family<EventLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered under the `fleetmap_daemon` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fleetmap_daemon");
+        let requests: Histograms = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer's head, by route, method and status",
+            requests.clone(),
+        );
+        let cpus = Family::<StateLabel, Gauge>::default();
+        registry.register("cpus", "CPUs: total, and in use by instances", cpus.clone());
+        let ram = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "ram_bytes",
+            "RAM: total, and reserved by instances",
+            ram.clone(),
+        );
+        let gpus = Family::<StateLabel, Gauge>::default();
+        registry.register("gpus", "GPUs: total, and in use by instances", gpus.clone());
+        let instances = Gauge::default();
+        registry.register("instances", "Function instances running", instances.clone());
+        let jobs_running = Gauge::default();
+        registry.register("jobs_running", "Jobs running", jobs_running.clone());
+        let inputs = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "inputs",
+            "Inputs of running jobs: queued, running, done, failed",
+            inputs.clone(),
+        );
+        let env_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "env_cache_events",
+            "Environment cache: builds, hits, shared builds, failures, evictions, jobs in the node's own environment",
+            env_events.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            cpus,
+            ram,
+            gpus,
+            instances,
+            jobs_running,
+            inputs,
+            env_events,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, path: &str, method: &str, status: u16, seconds: f64) {
+        let route = crate::api::route::template(path).unwrap_or("unmatched");
+        // Labels stay a small set whatever clients send.
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+            _ => "other",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status: status.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// The exposition, with the node, job and cache values read from `daemon` now.
+    pub fn render(&self, daemon: &Daemon) -> String {
+        self.refresh(daemon);
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = String::new();
+        if let Err(err) = encode(&mut out, &registry) {
+            tracing::warn!(cause = %err, "cannot encode the metrics");
+        }
+        out
+    }
+
+    fn refresh(&self, daemon: &Daemon) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let set = |family: &Family<StateLabel, Gauge>, label: &str, value: u64| {
+            family
+                .get_or_create(&StateLabel {
+                    state: label.to_owned(),
+                })
+                .set(gauge(value));
+        };
+        let info = crate::node::info(daemon);
+        set(&self.cpus, "total", u64::from(info.cpus));
+        set(
+            &self.cpus,
+            "in_use",
+            u64::from(info.cpus.saturating_sub(info.free_cpus)),
+        );
+        set(&self.ram, "total", info.ram_bytes);
+        set(
+            &self.ram,
+            "in_use",
+            info.ram_bytes.saturating_sub(info.free_ram_bytes),
+        );
+        set(&self.gpus, "total", info.gpus.len() as u64);
+        set(
+            &self.gpus,
+            "in_use",
+            info.gpus.iter().filter(|g| g.in_use).count() as u64,
+        );
+        self.instances.set(gauge(u64::from(info.instances)));
+
+        let (mut running, mut queued, mut busy, mut done, mut failed) = (0, 0, 0, 0, 0);
+        for job in daemon.inner().registry.list() {
+            if job.state.is_terminal() {
+                continue;
+            }
+            running += 1;
+            queued += job.queued;
+            busy += job.running;
+            done += job.done;
+            failed += job.failed;
+        }
+        self.jobs_running.set(gauge(running));
+        set(&self.inputs, "queued", queued);
+        set(&self.inputs, "running", busy);
+        set(&self.inputs, "done", done);
+        set(&self.inputs, "failed", failed);
+
+        let c = daemon.inner().envs.info().counters;
+        for (event, value) in [
+            ("builds", c.builds),
+            ("hits", c.hits),
+            ("shared", c.shared),
+            ("failures", c.failures),
+            ("evictions", c.evictions),
+            ("node_default", c.node_default),
+        ] {
+            // The cache's own counters only grow: mirror them by their increase.
+            let counter = self.env_events.get_or_create(&EventLabel {
+                event: event.to_owned(),
+            });
+            let seen = counter.get();
+            if value > seen {
+                counter.inc_by(value - seen);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_recorded_by_route_template_and_methods_stay_bounded() {
+        let metrics = Metrics::new();
+        metrics.observe_request("/v1/jobs/j-1/inputs", "POST", 204, 0.002);
+        metrics.observe_request("/v1/nope", "BREW", 404, 0.001);
+        let registry = metrics.registry.lock().expect("lock");
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("encode");
+        assert!(
+            out.contains("fleetmap_daemon_request_duration_seconds_count{route=\"/v1/jobs/{id}/inputs\",method=\"POST\",status=\"204\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("route=\"unmatched\",method=\"other\""),
+            "{out}"
+        );
+    }
+}
