@@ -172,8 +172,8 @@ inputs = list(range(n))
 remote_parallel_map(double, [1], parallelism=2)
 
 def wait_warm(timeout=60.0):
-    """Waits until the node's warm pool is full again: each job gets fresh instances and the
-    replacements (forks, or container starts) must not be timed as the next job's work."""
+    # Waits until the node's warm pool is full again: each job gets fresh instances and the
+    # replacements (forks, or container starts) must not be timed as the next job's work.
     import urllib.request
     from fleetmap import local_cluster
     node = local_cluster.Paths().node_addr.read_text().strip()
