@@ -8,29 +8,16 @@
 
 use std::sync::Mutex;
 
-use prometheus_client::encoding::text::encode;
+use fleetmap_service_metrics::RequestLatency;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::api::request::Route;
 use crate::state::State;
 
-/// The content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Labels of a request latency.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// The route's template (`/v1/jobs/{job_id}`), or `unmatched`.
-    pub route: String,
-    /// The HTTP method.
-    pub method: String,
-    /// The answer's status code.
-    pub status: String,
-}
+pub use fleetmap_service_metrics::CONTENT_TYPE;
 
 /// A `state` or `kind` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,19 +25,12 @@ struct StateLabel {
     state: String,
 }
 
-type Histograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 0.5 ms to ~16 s: job submissions answer once admitted, control routes in microseconds.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-}
-
 /// The coordinator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     // A std mutex: encoding is synchronous and nothing awaits while it is held.
     registry: Mutex<Registry>,
-    requests: Histograms,
+    requests: RequestLatency,
     nodes: Family<StateLabel, Gauge>,
     cpus: Family<StateLabel, Gauge>,
     gpus: Family<StateLabel, Gauge>,
@@ -69,12 +49,7 @@ impl Metrics {
     /// Every metric, registered under the `fleetmap_coordinator` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("fleetmap_coordinator");
-        let requests: Histograms = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "request_duration_seconds",
-            "Time from a request's arrival to its answer's head, by route, method and status",
-            requests.clone(),
-        );
+        let requests = RequestLatency::register(&mut registry);
         let nodes = Family::<StateLabel, Gauge>::default();
         registry.register(
             "nodes",
@@ -121,35 +96,14 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn observe_request(&self, path: &str, method: &str, status: u16, seconds: f64) {
-        let route = Route::parse(path)
-            .map(|route| route.template())
-            .unwrap_or("unmatched");
-        // Labels stay a small set whatever clients send.
-        let method = match method {
-            "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
-            _ => "other",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
-                status: status.to_string(),
-            })
-            .observe(seconds);
+        let route = Route::parse(path).map(|route| route.template());
+        self.requests.observe(route, method, status, seconds);
     }
 
     /// The exposition, with the fleet and job gauges read from `state` now.
     pub fn render(&self, state: &State) -> String {
         self.refresh(state);
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut out = String::new();
-        if let Err(err) = encode(&mut out, &registry) {
-            tracing::warn!(cause = %err, "cannot encode the metrics");
-        }
-        out
+        fleetmap_service_metrics::render(&self.registry)
     }
 
     fn refresh(&self, state: &State) {
@@ -210,6 +164,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::text::encode;
+
     use super::*;
 
     #[test]

@@ -8,26 +8,16 @@
 
 use std::sync::Mutex;
 
-use prometheus_client::encoding::text::encode;
+use fleetmap_service_metrics::RequestLatency;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::state::Daemon;
 
-/// The content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Labels of a request latency.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    route: String,
-    method: String,
-    status: String,
-}
+pub use fleetmap_service_metrics::CONTENT_TYPE;
 
 /// A `state` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,19 +31,12 @@ struct EventLabel {
     event: String,
 }
 
-type Histograms = Family<RequestLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 0.5 ms to ~16 s: submissions answer once admitted (an environment build can take long).
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-}
-
 /// The daemon's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     // A std mutex: encoding is synchronous and nothing awaits while it is held.
     registry: Mutex<Registry>,
-    requests: Histograms,
+    requests: RequestLatency,
     cpus: Family<StateLabel, Gauge>,
     ram: Family<StateLabel, Gauge>,
     gpus: Family<StateLabel, Gauge>,
@@ -73,12 +56,7 @@ impl Metrics {
     /// Every metric, registered under the `fleetmap_daemon` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("fleetmap_daemon");
-        let requests: Histograms = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "request_duration_seconds",
-            "Time from a request's arrival to its answer's head, by route, method and status",
-            requests.clone(),
-        );
+        let requests = RequestLatency::register(&mut registry);
         let cpus = Family::<StateLabel, Gauge>::default();
         registry.register("cpus", "CPUs: total, and in use by instances", cpus.clone());
         let ram = Family::<StateLabel, Gauge>::default();
@@ -120,33 +98,14 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn observe_request(&self, path: &str, method: &str, status: u16, seconds: f64) {
-        let route = crate::api::route::template(path).unwrap_or("unmatched");
-        // Labels stay a small set whatever clients send.
-        let method = match method {
-            "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
-            _ => "other",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
-                status: status.to_string(),
-            })
-            .observe(seconds);
+        let route = crate::api::route::template(path);
+        self.requests.observe(route, method, status, seconds);
     }
 
     /// The exposition, with the node, job and cache values read from `daemon` now.
     pub fn render(&self, daemon: &Daemon) -> String {
         self.refresh(daemon);
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut out = String::new();
-        if let Err(err) = encode(&mut out, &registry) {
-            tracing::warn!(cause = %err, "cannot encode the metrics");
-        }
-        out
+        fleetmap_service_metrics::render(&self.registry)
     }
 
     fn refresh(&self, daemon: &Daemon) {
@@ -219,6 +178,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::text::encode;
+
     use super::*;
 
     #[test]
