@@ -956,6 +956,10 @@ class Zygote:
         except ValueError as exc:
             zlog("ignoring a command that is not valid JSON (%s): %r" % (exc, line[:200]))
             return
+        except RecursionError:
+            # json.loads recurses per nesting level: a deeply nested line is garbage, not a crash.
+            zlog("ignoring a command that nests JSON too deeply: %r" % (line[:200],))
+            return
         if not isinstance(command, dict) or command.get("cmd") != "spawn":
             zlog("ignoring an unknown command; the only command is {\"cmd\":\"spawn\",\"count\":N}: %r"
                  % (line[:200],))

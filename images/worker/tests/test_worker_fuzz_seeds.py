@@ -32,3 +32,13 @@ def test_deeply_nested_json_is_a_protocol_error_not_a_crash(body):
         fw.decode_json_object(body, "ASSIGN")
     assert caught.value.code == fw.ProtocolError.MALFORMED
     assert "nests JSON deeper" in str(caught.value)
+
+
+def test_a_deeply_nested_zygote_command_is_ignored_and_the_next_one_runs(capfd):
+    # Found by CI's fuzz run: the zygote's command parser let RecursionError escape, so one
+    # hostile line from the daemon's pipe would have ended the zygote (and the node's warm pool).
+    zygote = harness._CountingZygote()
+    zygote._run_command(b"[" * 100_000)
+    zygote._run_command(b'{"cmd":"spawn","count":2}')
+    assert zygote.spawned == 2
+    assert "nests JSON too deeply" in capfd.readouterr().err
