@@ -71,6 +71,7 @@ pub(super) async fn acquire(
             live.slot = Some(slot.id.clone());
         }
         books.slots.insert(slot.id.clone(), worker.pid);
+        inner.hold_cpus(&mut books, &slot.id, slot.cpus.len());
     }
     info!(container = %id, slot = %slot.id, gpu = %gpu.device.uuid, "GPU container started for the slot");
     Ok(Worker {

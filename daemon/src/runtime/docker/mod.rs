@@ -22,10 +22,13 @@
 //! - GPU slots do not take a warm container: a GPU reaches a container only through a device
 //!   request at create time, so a container is created for the slot when it is acquired,
 //!   with its limits and a device request for its GPU's UUID (`gpu.rs`).
+//! - Warm containers are started only on CPUs no slot holds (`warmup.rs`): the containers a
+//!   job takes are replaced as its slots end, not while it runs on every CPU.
 
 mod cgroup;
 mod gpu;
 mod spec;
+mod warmup;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -99,6 +102,9 @@ pub struct DockerOptions {
     /// removal of an earlier run's containers and of the cgroup parent to the main runtime,
     /// and does not need the image to carry the base image's labels.
     pub environment: bool,
+    /// CPUs held by slots of every docker runtime of this node (clones share the count): warm
+    /// containers start only on the others.
+    pub cpus_in_use: warmup::CpusInUse,
 }
 
 impl DockerOptions {
@@ -124,6 +130,7 @@ impl DockerOptions {
             flavor: CgroupFlavor::None,
             python: spec::PYTHON_IN_CONTAINER.to_string(),
             environment: false,
+            cpus_in_use: warmup::CpusInUse::default(),
         }
     }
 }
@@ -149,6 +156,8 @@ struct Books {
     slots: HashMap<String, u32>,
     /// Slot id → OOM kills the engine reported for its containers.
     ooms: HashMap<String, u64>,
+    /// Slot id → CPUs it holds in `DockerOptions::cpus_in_use`.
+    slot_cpus: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -158,6 +167,8 @@ struct Inner {
     run_id: String,
     python: String,
     all_cpus: String,
+    /// How many CPUs the node has (the warm-up budget's total).
+    cpu_count: usize,
     pool: Pool,
     books: Mutex<Books>,
     names: AtomicU64,
@@ -170,6 +181,20 @@ struct Inner {
 impl Inner {
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
         self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot of `cpus` CPUs now runs in a container of this runtime.
+    fn hold_cpus(&self, books: &mut Books, slot_id: &str, cpus: usize) {
+        if books.slot_cpus.insert(slot_id.to_string(), cpus).is_none() {
+            self.opts.cpus_in_use.hold(cpus);
+        }
+    }
+
+    /// The slot `slot_id` gave its CPUs back.
+    fn release_cpus(&self, books: &mut Books, slot_id: &str) {
+        if let Some(cpus) = books.slot_cpus.remove(slot_id) {
+            self.opts.cpus_in_use.release(cpus);
+        }
     }
 
     fn container_of_slot(&self, slot_id: &str) -> Option<(String, ExitWatch)> {
@@ -250,6 +275,7 @@ impl DockerRuntime {
             pool: Pool::new(opts.pool_target),
             run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             all_cpus: spec::cpu_list(all_cpus),
+            cpu_count: all_cpus.len(),
             python,
             docker,
             opts,
@@ -369,7 +395,8 @@ fn write_worker_file(path: &Path) -> Result<(), RuntimeError> {
 /// Keeps the pool at its target: starts as many containers as it lacks, concurrently.
 async fn fill(inner: Arc<Inner>) {
     loop {
-        for _ in 0..inner.pool.claim_deficit() {
+        let budget = inner.opts.cpus_in_use.warmup_budget(inner.cpu_count);
+        for _ in 0..inner.pool.claim_deficit_within(budget) {
             let inner = inner.clone();
             inner.starting.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
@@ -642,6 +669,61 @@ async fn hello(inner: &Inner, stream: UnixStream) -> Result<(u32, WorkerConn), S
     Ok((peer, conn))
 }
 
+impl DockerRuntime {
+    /// Takes a warm container for `slot` and puts it into the slot's limits.
+    async fn take_for_slot(
+        &self,
+        slot: &Slot,
+        update: bollard::models::ContainerUpdateBody,
+    ) -> Result<Worker, RuntimeError> {
+        let inner = &self.inner;
+        loop {
+            let idle = inner
+                .pool
+                .take(|dead| {
+                    debug!(pid = dead.pid, "dropping a warm container that is gone");
+                    let id = inner.books().by_pid.get(&dead.pid).map(|l| l.id.clone());
+                    if let Some(id) = id {
+                        let docker = inner.docker.clone();
+                        tokio::spawn(async move { remove(&docker, &id).await });
+                    }
+                })
+                .await?;
+            let Some(id) = inner.books().by_pid.get(&idle.pid).map(|l| l.id.clone()) else {
+                continue;
+            };
+            if let Err(err) = inner.docker.update_container(&id, update.clone()).await {
+                remove(&inner.docker, &id).await;
+                if idle.exit.get().is_some() || !idle.conn.looks_alive() {
+                    continue;
+                }
+                return Err(engine("update container")(err));
+            }
+            {
+                let mut books = inner.books();
+                if let Some(live) = books.by_pid.get_mut(&idle.pid) {
+                    live.slot = Some(slot.id.clone());
+                }
+                books.slots.insert(slot.id.clone(), idle.pid);
+            }
+            // Off the hot path: the name records which slot took the container.
+            let n = inner.names.fetch_add(1, Ordering::Relaxed);
+            let name = format!("fleetmap-{}-{}-{n}", inner.opts.node_id, slot.id);
+            let docker = inner.docker.clone();
+            tokio::spawn(async move {
+                let _ = docker
+                    .rename_container(&id, RenameContainerOptions { name })
+                    .await;
+            });
+            return Ok(Worker {
+                pid: idle.pid,
+                conn: idle.conn,
+                exit: idle.exit,
+            });
+        }
+    }
+}
+
 impl Runtime for DockerRuntime {
     fn kind(&self) -> &'static str {
         "docker"
@@ -676,50 +758,14 @@ impl Runtime for DockerRuntime {
                 return gpu::acquire(inner, slot, gpu).await;
             }
             let update = spec::slot_update(&slot.limits());
-            loop {
-                let idle = inner
-                    .pool
-                    .take(|dead| {
-                        debug!(pid = dead.pid, "dropping a warm container that is gone");
-                        let id = inner.books().by_pid.get(&dead.pid).map(|l| l.id.clone());
-                        if let Some(id) = id {
-                            let docker = inner.docker.clone();
-                            tokio::spawn(async move { remove(&docker, &id).await });
-                        }
-                    })
-                    .await?;
-                let Some(id) = inner.books().by_pid.get(&idle.pid).map(|l| l.id.clone()) else {
-                    continue;
-                };
-                if let Err(err) = inner.docker.update_container(&id, update.clone()).await {
-                    remove(&inner.docker, &id).await;
-                    if idle.exit.get().is_some() || !idle.conn.looks_alive() {
-                        continue;
-                    }
-                    return Err(engine("update container")(err));
-                }
-                {
-                    let mut books = inner.books();
-                    if let Some(live) = books.by_pid.get_mut(&idle.pid) {
-                        live.slot = Some(slot.id.clone());
-                    }
-                    books.slots.insert(slot.id.clone(), idle.pid);
-                }
-                // Off the hot path: the name records which slot took the container.
-                let n = inner.names.fetch_add(1, Ordering::Relaxed);
-                let name = format!("fleetmap-{}-{}-{n}", inner.opts.node_id, slot.id);
-                let docker = inner.docker.clone();
-                tokio::spawn(async move {
-                    let _ = docker
-                        .rename_container(&id, RenameContainerOptions { name })
-                        .await;
-                });
-                return Ok(Worker {
-                    pid: idle.pid,
-                    conn: idle.conn,
-                    exit: idle.exit,
-                });
+            // Held before the pool is asked, so the replacement the take wakes up does not
+            // start on this slot's CPUs; given back if no container comes of it.
+            inner.hold_cpus(&mut inner.books(), &slot.id, slot.cpus.len());
+            let taken = self.take_for_slot(slot, update).await;
+            if taken.is_err() {
+                inner.release_cpus(&mut inner.books(), &slot.id);
             }
+            taken
         }
         .boxed()
     }
@@ -753,12 +799,15 @@ impl Runtime for DockerRuntime {
             let id = {
                 let mut books = inner.books();
                 books.ooms.remove(&slot_id);
+                inner.release_cpus(&mut books, &slot_id);
                 let pid = books.slots.remove(&slot_id);
                 pid.and_then(|p| books.by_pid.get(&p).map(|l| l.id.clone()))
             };
             if let Some(id) = id {
                 remove(&inner.docker, &id).await;
             }
+            // Its CPUs are free again: replacements may start on them now.
+            inner.pool.request_replenish();
             debug!(slot = %slot_id, "slot released");
         }
         .boxed()

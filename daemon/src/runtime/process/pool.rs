@@ -121,6 +121,12 @@ impl Pool {
     /// How many workers to fork now to reach the target (plus one per waiting acquirer);
     /// they are counted as pending from here on.
     pub fn claim_deficit(&self) -> u32 {
+        self.claim_deficit_within(u32::MAX)
+    }
+
+    /// Like [`Pool::claim_deficit`], but with at most `warmup_budget` starts in progress for
+    /// the target's sake; starts that waiting acquirers need are claimed whatever the budget.
+    pub fn claim_deficit_within(&self, warmup_budget: u32) -> u32 {
         let mut state = self.lock();
         if state.closed {
             return 0;
@@ -133,9 +139,15 @@ impl Pool {
         {
             state.pending.pop_front();
         }
-        let have = state.idle.len() + state.pending.len();
+        let pending = state.pending.len();
+        let have = state.idle.len() + pending;
         let want = self.target as usize + state.waiters as usize;
         let deficit = want.saturating_sub(have);
+        let urgent = (state.waiters as usize).saturating_sub(pending);
+        let warmup = deficit
+            .saturating_sub(urgent)
+            .min((warmup_budget as usize).saturating_sub(pending));
+        let deficit = (urgent + warmup).min(deficit);
         for _ in 0..deficit {
             state.pending.push_back(now);
         }
@@ -254,6 +266,34 @@ mod tests {
         assert_eq!(pool.claim_deficit(), 1);
         pool.spawns_lost();
         assert_eq!(pool.claim_deficit(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_warmup_budget_bounds_target_starts_but_never_a_waiters() {
+        let pool = Arc::new(Pool::new(3));
+        assert_eq!(pool.claim_deficit_within(0), 0, "no free CPU: no warm-up");
+        assert_eq!(pool.claim_deficit_within(1), 1);
+        assert_eq!(pool.claim_deficit_within(1), 0, "one start already runs");
+        let taker = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.take(|_| {}).await.map(|w| w.pid).ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            pool.claim_deficit_within(0),
+            0,
+            "the start in progress serves the waiter"
+        );
+        pool.spawn_lost();
+        assert_eq!(pool.claim_deficit_within(0), 1, "a waiter is served anyway");
+        assert_eq!(
+            pool.claim_deficit_within(u32::MAX),
+            3,
+            "the rest of the target"
+        );
+        let (worker, _peer) = idle(7);
+        pool.push(worker).expect("open");
+        assert_eq!(taker.await.expect("taker"), Some(7));
     }
 
     #[tokio::test]
