@@ -19,6 +19,7 @@ pub mod gpu;
 pub mod job;
 pub mod node;
 pub mod output;
+pub mod recipe_digest;
 pub mod worker;
 
 pub use auth::{AuthError, ClusterToken, CLUSTER_TOKEN_ENV};

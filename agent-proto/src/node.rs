@@ -85,6 +85,10 @@ pub struct NodeInfo {
     /// leaves the fleet.
     #[serde(default)]
     pub draining: bool,
+    /// Digests ([`crate::EnvSpec::recipe_digest`]) of the environments the node has built and
+    /// holds, so the coordinator can prefer nodes that need no build for a job.
+    #[serde(default)]
+    pub environments: Vec<String>,
 }
 
 impl NodeInfo {
@@ -160,6 +164,7 @@ mod tests {
             pool: PoolInfo::default(),
             gpus: vec![],
             draining: false,
+            environments: Vec::new(),
         }
     }
 

@@ -90,11 +90,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{_gib(n.get('free_ram_bytes'))}/{_gib(n.get('ram_bytes'))}",
             _gpus_free(n.get("gpus") or []),
             n.get("instances"),
+            len(n.get("environments") or []),
             ",".join(j[:12] for j in n.get("jobs_running") or []) or "-",
         )
         for n in nodes
     ]
-    print(_table(rows, ("node", "state", "address", "runtime", "python", "slots used", "cpus free", "ram free", "gpus free", "instances", "jobs")))
+    print(_table(rows, ("node", "state", "address", "runtime", "python", "slots used", "cpus free", "ram free", "gpus free", "instances", "envs", "jobs")))
     gpu_rows = [
         (
             n.get("node_id"),

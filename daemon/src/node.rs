@@ -25,5 +25,6 @@ pub fn info(daemon: &Daemon) -> NodeInfo {
         pool: d.runtime.pool(),
         gpus: d.capacity.gpus(),
         draining: d.drain.is_requested(),
+        environments: d.envs.recipe_digests(),
     }
 }

@@ -339,6 +339,7 @@ async fn venvs_on_the_process_runtime_and_the_clone_rule() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
 
     let bare = EnvSpec::Packages { packages: vec![] };
+    let bare_digest = bare.recipe_digest().expect("a digest");
     let out = run_job(daemon.addr, &job("venv-bare", bare), &version, 0..1).await;
     assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
     assert_eq!(
@@ -368,6 +369,19 @@ async fn venvs_on_the_process_runtime_and_the_clone_rule() {
         (2, 1),
         "{info:?}"
     );
+    // The node reports what it holds (registration and heartbeats carry the same info).
+    let node: agent_proto::NodeInfo =
+        serde_json::from_value(support::get_json(daemon.addr, "/v1/node").await).expect("node");
+    let mut want = vec![
+        bare_digest.clone(),
+        EnvSpec::Packages {
+            packages: vec!["six==1.15.0".into()],
+        }
+        .recipe_digest()
+        .expect("a digest"),
+    ];
+    want.sort();
+    assert_eq!(node.environments, want, "{node:?}");
 
     // A clone the worker interpreter satisfies runs there with no build.
     if let Some(host) = &host_six {

@@ -99,6 +99,7 @@ mod tests {
                     })
                     .collect(),
                 draining: false,
+                environments: Vec::new(),
             },
         }
     }

@@ -122,8 +122,28 @@ fn proportional(cap: u64, w: &[u64]) -> Vec<u64> {
     shares
 }
 
+/// Whether the node's runtime can build the job's environment: a Dockerfile needs the docker
+/// runtime; package lists and clones are built by either (images or venvs).
+pub fn runtime_fits(info: &NodeInfo, spec: &JobSpec) -> bool {
+    !matches!(spec.environment, EnvSpec::Dockerfile { .. }) || info.runtime == "docker"
+}
+
+/// Whether the node can run an instance of the job at all: size, Python and runtime.
+pub fn can_run(info: &NodeInfo, spec: &JobSpec) -> bool {
+    capacity(info, spec) > 0
+        && python_matches(&info.python_version, spec.python_version.as_deref())
+        && runtime_fits(info, spec)
+}
+
+/// Whether the node already holds the job's environment (no build needed there).
+pub fn holds_environment(info: &NodeInfo, digest: Option<&str>) -> bool {
+    digest.is_some_and(|digest| info.environments.iter().any(|held| held == digest))
+}
+
 /// Places the job on the live nodes: every node that can run one instance (and has the client's
-/// Python) takes a share; the error names what the fleet offers when none can.
+/// Python and a runtime that builds its environment) may take a share; the error names what
+/// the fleet offers when none can. Nodes that hold the job's environment are served first: a
+/// job smaller than their capacity runs there without waiting for a build elsewhere.
 pub fn place(spec: &JobSpec, nodes: &[LiveNode]) -> Result<Vec<Placement>, Error> {
     super::gpu::check_fleet(spec, nodes)?;
     let fitting: Vec<&LiveNode> = nodes
@@ -133,12 +153,12 @@ pub fn place(spec: &JobSpec, nodes: &[LiveNode]) -> Result<Vec<Placement>, Error
     if fitting.is_empty() {
         return Err(Error::NothingFits(nothing_fits(spec, nodes)));
     }
-    let candidates: Vec<&LiveNode> = fitting
+    let same_python: Vec<&LiveNode> = fitting
         .iter()
         .copied()
         .filter(|node| python_matches(&node.info.python_version, spec.python_version.as_deref()))
         .collect();
-    if candidates.is_empty() {
+    if same_python.is_empty() {
         let want = spec.python_version.as_deref().unwrap_or("?");
         let have: Vec<&str> = fitting
             .iter()
@@ -149,21 +169,53 @@ pub fn place(spec: &JobSpec, nodes: &[LiveNode]) -> Result<Vec<Placement>, Error
             have.join(", ")
         )));
     }
-    let weights: Vec<(u64, u64)> = candidates
+    let candidates: Vec<&LiveNode> = same_python
+        .iter()
+        .copied()
+        .filter(|node| runtime_fits(&node.info, spec))
+        .collect();
+    if candidates.is_empty() {
+        return Err(Error::NothingFits(
+            "dockerfile= needs a node running the docker runtime (fleetmapd --runtime docker) but every node that fits the job runs processes; use packages= instead or add a docker node".to_owned(),
+        ));
+    }
+    let digest = spec.environment.recipe_digest();
+    let (holders, others): (Vec<&LiveNode>, Vec<&LiveNode>) = candidates
+        .into_iter()
+        .partition(|node| holds_environment(&node.info, digest.as_deref()));
+    let cap = spec.instance_cap();
+    if holders.is_empty() || others.is_empty() {
+        return Ok(shares(cap, &[holders, others].concat(), spec));
+    }
+    // The holders' free instances first; the others take the rest, and what they cannot take
+    // goes back to the holders (to start as their running work ends).
+    let holders_free: u64 = holders.iter().map(|node| free(&node.info, spec)).sum();
+    let others_placed = shares(cap.saturating_sub(holders_free.min(cap)), &others, spec);
+    let taken: u64 = others_placed.iter().map(|p| p.share).sum();
+    let mut placed = shares(cap.saturating_sub(taken), &holders, spec);
+    placed.extend(others_placed);
+    Ok(placed)
+}
+
+/// `cap` instances split over `nodes` by [`split`], nodes with no share left out.
+fn shares(cap: u64, nodes: &[&LiveNode], spec: &JobSpec) -> Vec<Placement> {
+    if cap == 0 || nodes.is_empty() {
+        return Vec::new();
+    }
+    let weights: Vec<(u64, u64)> = nodes
         .iter()
         .map(|node| (free(&node.info, spec), capacity(&node.info, spec)))
         .collect();
-    let shares = split(spec.instance_cap(), &weights);
-    Ok(candidates
-        .into_iter()
-        .zip(shares)
+    nodes
+        .iter()
+        .zip(split(cap, &weights))
         .filter(|(_, share)| *share > 0)
         .map(|(node, share)| Placement {
             node_id: node.node_id.clone(),
             address: node.address.clone(),
             share,
         })
-        .collect())
+        .collect()
 }
 
 fn gb(bytes: u64) -> u64 {
@@ -255,6 +307,7 @@ mod tests {
                 pool: PoolInfo::default(),
                 gpus: vec![],
                 draining: false,
+                environments: Vec::new(),
             },
         }
     }
@@ -264,6 +317,94 @@ mod tests {
         spec.func_cpu = cpu;
         spec.func_ram_gb = ram;
         spec
+    }
+
+    #[test]
+    fn nodes_holding_the_environment_are_served_first() {
+        let env = EnvSpec::Packages {
+            packages: vec!["six==1.16.0".into()],
+        };
+        let mut holder = node("holder", 2, 8, 2);
+        holder.info.environments = vec![env.recipe_digest().expect("digest")];
+        let nodes = vec![node("a", 8, 8, 8), holder];
+        let mut s = spec(1, 1);
+        s.environment = env;
+        s.parallelism = 2;
+        let placed = place(&s, &nodes).expect("fits");
+        assert_eq!(
+            placed
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.share))
+                .collect::<Vec<_>>(),
+            vec![("holder", 2)],
+            "a job the holder can run alone is not sent to a node that must build first"
+        );
+        s.parallelism = 5;
+        let placed = place(&s, &nodes).expect("fits");
+        assert_eq!(
+            placed
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.share))
+                .collect::<Vec<_>>(),
+            vec![("holder", 2), ("a", 3)],
+            "what the holders cannot run goes to the others"
+        );
+        let mut busy = nodes.clone();
+        busy[1].info.free_cpus = 0;
+        s.parallelism = 2;
+        let placed = place(&s, &busy).expect("fits");
+        assert_eq!(
+            placed
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.share))
+                .collect::<Vec<_>>(),
+            vec![("a", 2)],
+            "a busy holder does not hold the job up"
+        );
+        s.parallelism = 12;
+        let placed = place(&s, &busy).expect("fits");
+        assert_eq!(
+            placed
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.share))
+                .collect::<Vec<_>>(),
+            vec![("holder", 2), ("a", 8)],
+            "beyond the others' capacity the holder's busy slots are used too"
+        );
+        s.parallelism = 5;
+        s.environment = EnvSpec::Packages { packages: vec![] };
+        let placed = place(&s, &nodes).expect("fits");
+        assert_eq!(placed.iter().map(|p| p.share).sum::<u64>(), 5);
+        assert_eq!(
+            placed[0].node_id, "a",
+            "no holder: capacity-weighted as before"
+        );
+    }
+
+    #[test]
+    fn a_dockerfile_goes_only_to_docker_nodes() {
+        let mut docker = node("docker", 2, 8, 2);
+        docker.info.runtime = "docker".into();
+        let mut s = spec(1, 1);
+        s.environment = EnvSpec::Dockerfile {
+            content: "FROM fleetmap/base:1\n".into(),
+            context: vec![],
+        };
+        let placed = place(&s, &[node("p", 8, 8, 8), docker.clone()]).expect("fits");
+        assert_eq!(
+            placed
+                .iter()
+                .map(|p| p.node_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["docker"]
+        );
+        let err = place(&s, &[node("p", 8, 8, 8)]).expect_err("no docker node");
+        assert_eq!(
+            err.to_string(),
+            "dockerfile= needs a node running the docker runtime (fleetmapd --runtime docker) but every node that fits the job runs processes; use packages= instead or add a docker node"
+        );
+        assert!(!can_run(&node("p", 8, 8, 8).info, &s));
+        assert!(can_run(&docker.info, &s));
     }
 
     #[test]

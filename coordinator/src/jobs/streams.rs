@@ -211,22 +211,23 @@ impl JobRun {
         }
         let now = Instant::now();
         let live = self.state.registry.live(now);
+        let digest = self.spec.environment.recipe_digest();
         let pick = live
             .iter()
             .filter(|node| !self.excluded.contains(&node.node_id))
-            .filter(|node| plan::capacity(&node.info, &self.spec) > 0)
-            .filter(|node| {
-                plan::python_matches(
-                    &node.info.python_version,
-                    self.spec.python_version.as_deref(),
-                )
-            })
+            .filter(|node| plan::can_run(&node.info, &self.spec))
             .max_by_key(|node| {
                 let busy = self
                     .streams
                     .iter()
                     .any(|s| s.node_id == node.node_id && s.state.is_active());
-                (!busy, plan::free(&node.info, &self.spec), node.info.cpus)
+                let holds = plan::holds_environment(&node.info, digest.as_deref());
+                (
+                    !busy,
+                    holds,
+                    plan::free(&node.info, &self.spec),
+                    node.info.cpus,
+                )
             });
         let Some(node) = pick else {
             if self.waiting_since.is_none() {

@@ -314,6 +314,7 @@ mod tests {
             pool: PoolInfo::default(),
             gpus: vec![],
             draining: false,
+            environments: Vec::new(),
         }
     }
 

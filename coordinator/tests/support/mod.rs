@@ -181,6 +181,7 @@ pub fn node_info(node_id: &str, address: &str, cpus: u32, ram_gb: u64) -> NodeIn
         pool: PoolInfo { idle: 2, target: 2 },
         gpus: vec![],
         draining: false,
+        environments: Vec::new(),
     }
 }
 

@@ -132,6 +132,8 @@ pub struct EnvCache {
 pub struct EnvLease {
     target: EnvTarget,
     notes: Vec<String>,
+    /// Python version inside a built environment; `None` for the node's own.
+    python: Option<String>,
     cache: Option<Arc<Inner>>,
 }
 
@@ -141,6 +143,7 @@ impl EnvLease {
         Self {
             target: EnvTarget::NodeDefault,
             notes: Vec::new(),
+            python: None,
             cache: None,
         }
     }
@@ -153,6 +156,11 @@ impl EnvLease {
     /// Warnings of the environment's build (shown to the job's client).
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// The Python version inside a built environment (`None`: the node's own interpreter).
+    pub fn python(&self) -> Option<&str> {
+        self.python.as_deref()
     }
 }
 
@@ -260,11 +268,15 @@ impl EnvCache {
     /// A lease on built environment `key`, touching its last use.
     fn lease(&self, key: &str) -> Option<EnvLease> {
         let inner = &self.inner;
-        let (target, notes) = {
+        let (target, notes, python) = {
             let mut index = lock(&inner.index);
             let entry = index.entries.get_mut(key)?;
             entry.last_used_unix = now_unix();
-            let found = (inner.builder.target(entry), entry.notes.clone());
+            let found = (
+                inner.builder.target(entry),
+                entry.notes.clone(),
+                entry.python.clone(),
+            );
             index.save();
             found
         };
@@ -272,6 +284,7 @@ impl EnvCache {
         Some(EnvLease {
             target,
             notes,
+            python: Some(python),
             cache: Some(inner.clone()),
         })
     }
@@ -288,7 +301,7 @@ impl EnvCache {
             return Ok(lease);
         }
         let key = env_key(self.inner.builder.key_base(), &recipe);
-        let (flight, mut lines) = self.join_or_start(&key, recipe);
+        let (flight, mut lines) = self.join_or_start(&key, recipe, spec.recipe_digest());
         let mut done = flight.done.subscribe();
         drop(flight);
         loop {
@@ -327,6 +340,7 @@ impl EnvCache {
         &self,
         key: &str,
         recipe: Recipe,
+        recipe_digest: Option<String>,
     ) -> (Arc<Flight>, broadcast::Receiver<String>) {
         let inner = &self.inner;
         let mut flights = lock(&inner.flights);
@@ -348,11 +362,20 @@ impl EnvCache {
         let key = key.to_string();
         let span = tracing::info_span!("env_build", key = %&key[..16], kind = recipe.kind_name());
         let building = flight.clone();
-        tokio::spawn(async move { cache.run_build(key, recipe, building).await }.instrument(span));
+        tokio::spawn(
+            async move { cache.run_build(key, recipe, recipe_digest, building).await }
+                .instrument(span),
+        );
         (flight, lines)
     }
 
-    async fn run_build(&self, key: String, recipe: Recipe, flight: Arc<Flight>) {
+    async fn run_build(
+        &self,
+        key: String,
+        recipe: Recipe,
+        recipe_digest: Option<String>,
+        flight: Arc<Flight>,
+    ) {
         let inner = &self.inner;
         info!("environment build started");
         let started = std::time::Instant::now();
@@ -379,6 +402,7 @@ impl EnvCache {
                         created_unix: now,
                         last_used_unix: now,
                         notes: built.notes,
+                        recipe_digest,
                     },
                 );
                 index.save();
@@ -436,6 +460,19 @@ impl EnvCache {
             Counters::bump(&inner.counters.evictions);
             info!(key = %victim.key, location = %victim.location, size_bytes = victim.size_bytes, "environment evicted (least recently used)");
         }
+    }
+
+    /// Recipe digests of the environments built here (for registration and heartbeats).
+    pub fn recipe_digests(&self) -> Vec<String> {
+        let index = lock(&self.inner.index);
+        let mut digests: Vec<String> = index
+            .entries
+            .values()
+            .filter_map(|e| e.recipe_digest.clone())
+            .collect();
+        digests.sort();
+        digests.dedup();
+        digests
     }
 
     /// The report of `GET /v1/environments`.

@@ -32,6 +32,10 @@ pub struct IndexEntry {
     /// Warnings of its build, repeated to every job that uses it.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The request's node-independent digest (`EnvSpec::recipe_digest`), reported to the
+    /// coordinator; absent in indexes written before it existed.
+    #[serde(default)]
+    pub recipe_digest: Option<String>,
 }
 
 /// The index file's layout.
@@ -122,6 +126,7 @@ mod tests {
             created_unix: 1,
             last_used_unix: 2,
             notes: vec!["n".into()],
+            recipe_digest: Some("d".into()),
         };
         index.entries.insert("k".into(), entry.clone());
         index.save();

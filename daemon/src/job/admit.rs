@@ -29,6 +29,18 @@ pub enum AdmitError {
     /// One instance can never fit this node.
     #[error("{0}")]
     DoesNotFit(String),
+    /// A built environment (a Dockerfile's image, usually) runs another Python than the client.
+    #[error("the {kind} environment runs Python {env} but the client runs Python {client}, and the function only unpickles on the same major.minor; make the environment's python3 a Python {client} or run the client on Python {env_minor}")]
+    EnvPython {
+        /// The environment's recipe kind (`dockerfile`, `packages`, `clone`).
+        kind: &'static str,
+        /// The client's `major.minor`.
+        client: String,
+        /// The environment's full version.
+        env: String,
+        /// The environment's `major.minor`.
+        env_minor: String,
+    },
 }
 
 /// `major.minor` of a version string (`3.11.7` → `3.11`).
@@ -64,6 +76,24 @@ pub fn check(
         .map_err(|e| AdmitError::DoesNotFit(e.to_string()))
 }
 
+/// Checks that a built environment's Python (`None`: the node's own interpreter, checked by
+/// [`check`]) is the client's `major.minor`.
+pub fn check_env_python(spec: &JobSpec, env_python: Option<&str>) -> Result<(), AdmitError> {
+    let (Some(client), Some(env)) = (spec.python_version.as_deref(), env_python) else {
+        return Ok(());
+    };
+    let env_minor = major_minor(env);
+    if major_minor(client) == env_minor {
+        return Ok(());
+    }
+    Err(AdmitError::EnvPython {
+        kind: spec.environment.kind_name(),
+        client: client.to_string(),
+        env: env.to_string(),
+        env_minor: env_minor.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use agent_proto::EnvSpec;
@@ -85,6 +115,26 @@ mod tests {
         assert_eq!(major_minor("3.11.7"), "3.11");
         assert_eq!(major_minor("3.11"), "3.11");
         assert_eq!(major_minor("3"), "3");
+    }
+
+    #[test]
+    fn a_built_environment_must_run_the_clients_python() {
+        let mut spec = JobSpec::new("j");
+        spec.environment = EnvSpec::Dockerfile {
+            content: "FROM fleetmap/base:1".into(),
+            context: vec![],
+        };
+        check_env_python(&spec, Some("3.11.2")).expect("no client version: nothing to check");
+        spec.python_version = Some("3.11".into());
+        check_env_python(&spec, Some("3.11.2")).expect("same major.minor");
+        check_env_python(&spec, None).expect("the node's own interpreter");
+        let text = check_env_python(&spec, Some("3.12.1"))
+            .expect_err("another minor")
+            .to_string();
+        assert_eq!(
+            text,
+            "the dockerfile environment runs Python 3.12.1 but the client runs Python 3.11, and the function only unpickles on the same major.minor; make the environment's python3 a Python 3.11 or run the client on Python 3.12"
+        );
     }
 
     #[test]

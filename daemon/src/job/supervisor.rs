@@ -43,7 +43,17 @@ pub struct JobContext {
 /// environment must be built first waits for the build (its log streamed to the client as
 /// OUTPUT frames of stream `build`); a failed build ends the job before any input runs.
 pub fn start(job: Job, ctx: JobContext, sink: ResultSink) {
-    match ctx.envs.resolve_ready(&job.spec().environment) {
+    let ready = ctx
+        .envs
+        .resolve_ready(&job.spec().environment)
+        .map(|resolved| {
+            resolved.map_err(|err| err.to_string()).and_then(|lease| {
+                super::admit::check_env_python(job.spec(), lease.python())
+                    .map(|()| lease)
+                    .map_err(|err| err.to_string())
+            })
+        });
+    match ready {
         Some(Ok(lease)) => {
             let mut instances = JoinSet::new();
             start_instances(&job, &ctx, &sink, &mut instances, &lease);
@@ -53,7 +63,7 @@ pub fn start(job: Job, ctx: JobContext, sink: ResultSink) {
             });
         }
         Some(Err(err)) => {
-            job.finish(JobState::Failed, err.to_string());
+            job.finish(JobState::Failed, err);
             tokio::spawn(supervise(job, ctx, sink, JoinSet::new(), None));
         }
         None => {
@@ -87,7 +97,14 @@ async fn prepare(job: &Job, ctx: &JobContext, sink: &ResultSink) -> Option<EnvLe
     let detach = job.spec().detach;
     tokio::select! {
         resolved = resolving.instrument(span) => match resolved {
-            Ok(lease) => Some(lease),
+            Ok(lease) => match super::admit::check_env_python(job.spec(), lease.python()) {
+                Ok(()) => Some(lease),
+                Err(err) => {
+                    warn!(job = %job.id(), cause = %err, "the job's environment runs another Python");
+                    job.finish(JobState::Failed, err.to_string());
+                    None
+                }
+            },
             Err(err) => {
                 warn!(job = %job.id(), cause = %err, "the job's environment is not available");
                 job.finish(JobState::Failed, err.to_string());
