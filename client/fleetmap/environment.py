@@ -34,7 +34,10 @@ ENV_CLONE = "FLEETMAP_CLONE"
 
 _NOT_CLONED = frozenset(("pip", "fleetmap"))
 
-_clone_cache: Dict[Tuple[Any, ...], List[str]] = {}
+# One scan of the installed distributions per sys.path state: (stamp, pins to clone, top-level
+# module names of the locally installed distributions). Reading every distribution's metadata
+# costs tens of milliseconds, far more than a warm call, so no call repeats it.
+_scan_cache: Dict[str, Any] = {}
 
 
 def resolve(dockerfile: Any, packages: Any) -> Dict[str, Any]:
@@ -120,27 +123,36 @@ def _sys_path_stamp() -> Tuple[Any, ...]:
     return tuple(stamp)
 
 
-def installed_distributions() -> List[str]:
-    """``name==version`` of every distribution to clone, sorted (cached until sys.path changes)."""
+def _scan() -> Tuple[List[str], List[str]]:
+    """``(pins, local top-level modules)`` of the installed distributions, cached until
+    ``sys.path`` (or the mtime of one of its directories) changes."""
     stamp = _sys_path_stamp()
-    cached = _clone_cache.get(stamp)
-    if cached is not None:
-        return list(cached)
+    if _scan_cache.get("stamp") == stamp:
+        return _scan_cache["pins"], _scan_cache["local"]
     import importlib.metadata as metadata
 
     pins: Dict[str, str] = {}
+    local: List[str] = []
     for dist in metadata.distributions():
         name = dist.metadata["Name"] if dist.metadata else None
         if not name:
             continue
         key = _normalize(name)
-        if key in _NOT_CLONED or key in pins or _is_local(dist):
+        if key in _NOT_CLONED:
             continue
-        pins[key] = f"{name}=={dist.version}"
+        if _is_local(dist):
+            local.extend(top for top in _top_level_names(dist) if top != "fleetmap")
+            continue
+        if key not in pins:
+            pins[key] = f"{name}=={dist.version}"
     result = sorted(pins.values(), key=str.lower)
-    _clone_cache.clear()
-    _clone_cache[stamp] = result
-    return list(result)
+    _scan_cache.update(stamp=stamp, pins=result, local=local)
+    return result, local
+
+
+def installed_distributions() -> List[str]:
+    """``name==version`` of every distribution to clone, sorted (cached until sys.path changes)."""
+    return list(_scan()[0])
 
 
 def _top_level_names(dist: Any) -> List[str]:
@@ -164,24 +176,18 @@ def _top_level_names(dist: Any) -> List[str]:
 def register_local_distributions() -> List[str]:
     """Pickle by value the imported modules of distributions the clone leaves out because
     they were installed from a local path (the nodes cannot install them); returns them."""
-    import importlib.metadata as metadata
-
     import cloudpickle
 
     registered = []
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"] if dist.metadata else None
-        if not name or _normalize(name) in _NOT_CLONED or not _is_local(dist):
+    for top in _scan()[1]:
+        module = sys.modules.get(top)
+        if module is None:
             continue
-        for top in _top_level_names(dist):
-            module = sys.modules.get(top)
-            if module is None or top == "fleetmap":
-                continue
-            try:
-                cloudpickle.register_pickle_by_value(module)
-            except (ValueError, TypeError):
-                continue
-            registered.append(top)
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except (ValueError, TypeError):
+            continue
+        registered.append(top)
     return registered
 
 

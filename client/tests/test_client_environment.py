@@ -79,3 +79,30 @@ def test_the_clone_skips_local_installs(tmp_path, monkeypatch):
     dists = environment.installed_distributions()
     assert "pinnedpkg==2.0" in dists
     assert not any(d.startswith("localpkg") for d in dists)
+
+
+def test_the_distribution_scan_runs_once_per_sys_path_state(tmp_path, monkeypatch):
+    """Reading every distribution's metadata costs tens of ms: warm calls must not repeat it."""
+    import importlib.metadata as metadata
+
+    calls = []
+    real = metadata.distributions
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metadata, "distributions", counting)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = environment.installed_distributions()
+    environment.register_local_distributions()
+    assert environment.installed_distributions() == first
+    environment.register_local_distributions()
+    assert len(calls) == 1, "one scan serves both lists and later calls"
+
+    pkg = tmp_path / "laterpkg-3.0.dist-info"
+    pkg.mkdir()
+    (pkg / "METADATA").write_text("Metadata-Version: 2.1\nName: laterpkg\nVersion: 3.0\n")
+    os.utime(tmp_path, ns=(1, 1))  # a distribution installed later changes its directory's mtime
+    assert "laterpkg==3.0" in environment.installed_distributions()
+    assert len(calls) == 2
