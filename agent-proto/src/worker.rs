@@ -32,6 +32,18 @@ pub struct Assignment {
     /// e.g. `CUDA_VISIBLE_DEVICES` for the slot's GPU.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The worker's scratch directory: it makes it its cwd and `TMPDIR` before it loads the
+    /// function. Absent: the worker stays where it was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<String>,
+    /// Size limit of the scratch in bytes (named in the error of a function that fills it);
+    /// 0 when unknown or bounded only by its filesystem.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scratch_bytes: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// A worker that has loaded the function (`READY`), with its limits as seen from inside.

@@ -8,6 +8,10 @@ use fleetmap_sandbox::{CgroupConfig, CgroupMode, DEFAULT_CGROUP_ROOT, DEFAULT_PR
 
 use crate::drain::Drain;
 
+/// Default size limit of an instance's scratch space: half the smallest `func_ram` (1 GB),
+/// since tmpfs pages count against the instance's memory limit.
+pub const DEFAULT_SCRATCH_BYTES: u64 = 512 << 20;
+
 /// Everything `run` needs besides the listener and the shutdown signal.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -53,6 +57,8 @@ pub struct Config {
     pub env_disk_budget_bytes: u64,
     /// Built environments whose warm workers are kept at once.
     pub env_warm_max: usize,
+    /// Most bytes of an instance's scratch space (a tmpfs that is its cwd and `TMPDIR`).
+    pub scratch_bytes: u64,
     /// Warm workers per built environment; the main pool's size if unset.
     pub env_pool_size: Option<u32>,
     /// The fleet's shared secret (`--cluster-token-file` / `FLEETMAP_CLUSTER_TOKEN`).
@@ -114,6 +120,7 @@ impl Config {
             build_ca_bundle: None,
             env_disk_budget_bytes: 20 << 30,
             env_warm_max: 3,
+            scratch_bytes: DEFAULT_SCRATCH_BYTES,
             env_pool_size: None,
             cluster_token: None,
             drain: Drain::new(),

@@ -122,6 +122,10 @@ struct Args {
     /// Disk budget of built environments in GB; the least recently used beyond it are removed.
     #[arg(long, default_value_t = 20)]
     env_disk_budget_gb: u64,
+    /// Most MiB of each instance's scratch space (its cwd and TMPDIR: a tmpfs that counts
+    /// against its RAM, so at most half of `func_ram` is used with the process runtime).
+    #[arg(long, default_value_t = fleetmapd::config::DEFAULT_SCRATCH_BYTES >> 20)]
+    scratch_mib: u64,
     /// Built environments whose warm workers are kept at once.
     #[arg(long, default_value_t = 3)]
     env_warm_max: usize,
@@ -252,6 +256,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.build_ca_bundle = args.build_ca_bundle;
     config.env_disk_budget_bytes = args.env_disk_budget_gb.saturating_mul(1 << 30);
     config.env_warm_max = args.env_warm_max;
+    config.scratch_bytes = args.scratch_mib.saturating_mul(1 << 20);
     config.env_pool_size = args.env_pool_size;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

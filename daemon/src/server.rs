@@ -307,6 +307,7 @@ async fn start_process(
     );
     opts.max_frame_bytes = config.limits.max_frame_bytes;
     opts.startup_timeout = config.limits.startup_timeout;
+    opts.scratch_bytes = config.scratch_bytes;
     opts.home_limits = Some(SlotLimits {
         cpus: inventory.cpus.clone(),
         ram_bytes: inventory.ram_bytes,
@@ -346,6 +347,7 @@ async fn start_docker(
     opts.cgroup_root = config.cgroup_root.clone();
     opts.max_frame_bytes = config.limits.max_frame_bytes;
     opts.flavor = flavor;
+    opts.scratch_bytes = config.scratch_bytes;
     let docker = DockerRuntime::start(opts.clone(), all_cpus).await?;
     if !docker.wait_pool_full(POOL_FILL_WAIT).await {
         warn!(

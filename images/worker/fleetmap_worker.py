@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import array
 import codecs
+import errno
 import gc
 import io
 import json
@@ -597,6 +598,8 @@ class Worker:
         self.stderr = CapturedOutput(conn, STDERR, self.attribution, "<fleetmap stderr>")
         self.function = None
         self.progress = None
+        self.scratch = None
+        self.scratch_bytes = 0
         # A RESULTS body holds 4 bytes of count plus 12 bytes per item besides its payloads.
         self.max_payload = conn.max_frame - 4 - _BATCH_ENTRY_SIZE
 
@@ -614,6 +617,7 @@ class Worker:
             return EXIT_OK
         self.progress = open_progress(assignment)
         apply_environment(assignment)
+        self.scratch, self.scratch_bytes = apply_scratch(assignment)
         if not self._load_function(frame[1]):
             return EXIT_OK
         self.conn.send(READY, encode_json(ready_info()))
@@ -738,6 +742,11 @@ class Worker:
         """Send FAILURE ``exception`` for an input whose unpickling or function call raised."""
         self.flush_output()
         message = "input %d %s%s" % (index, verb, describe_exception(exc))
+        if self.scratch is not None and isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            hint = scratch_full_hint(self.scratch, self.scratch_bytes)
+            message += "; " + hint
+            if hasattr(exc, "add_note"):  # the client raises this very exception: say it there
+                exc.add_note("fleetmap: " + hint)
         tb = format_traceback(exc)
         self._send_failure(index, failure_info("exception", message, exc, tb), exc)
 
@@ -826,6 +835,32 @@ def apply_environment(assignment: dict) -> None:
         raise ProtocolError(ProtocolError.MALFORMED,
                             "ASSIGN field env must map strings to strings")
     os.environ.update(env)
+
+
+def apply_scratch(assignment: dict):
+    """Make the ASSIGN frame's ``scratch`` directory the cwd and ``TMPDIR`` (and ``TMP``,
+    ``TEMP``) of the function; return it and its size limit (None, 0 when there is none)."""
+    path = assignment.get("scratch")
+    if path is None:
+        return None, 0
+    size = assignment.get("scratch_bytes", 0)
+    if not isinstance(path, str) or not path or not isinstance(size, int) or size < 0:
+        raise ProtocolError(ProtocolError.MALFORMED,
+                            "ASSIGN field scratch must be a path and scratch_bytes a byte count")
+    os.chdir(path)
+    for name in ("TMPDIR", "TMP", "TEMP"):
+        os.environ[name] = path
+    import tempfile
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    return path, size
+
+
+def scratch_full_hint(path: str, size: int) -> str:
+    """The sentence added to an ENOSPC error raised while the worker has a scratch space."""
+    bound = "its %d MiB limit" % (size >> 20) if size else "its filesystem's limit"
+    return ("the instance's scratch space %s (cwd and TMPDIR) is full at %s: write less per "
+            "input, delete files you no longer need, or ask the operator for a larger "
+            "fleetmapd --scratch-mib (at most half of func_ram is used)" % (path, bound))
 
 
 def ready_info() -> dict:

@@ -22,6 +22,8 @@ import hardening_support as hs
 from fleetmap import InputTimeout, InstanceError, InstanceExited, InstanceKilled, remote_parallel_map
 
 NODE_ID = "hostile"
+# Each instance's scratch tmpfs on the module's node (small, so filling it is quick).
+SCRATCH_MIB = 32
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def private(tmp_path_factory):
         pytest.fail(f"the hostile-function suite runs the real binaries: {missing}")
     home = tmp_path_factory.mktemp("hostile")
     coord = hs.coordinator(home, "--node-wait-ms", "5000").start()
-    node = hs.node(home, NODE_ID, coord.url).start()
+    node = hs.node(home, NODE_ID, coord.url, "--scratch-mib", str(SCRATCH_MIB)).start()
     saved = os.environ.get("FLEETMAP_COORDINATOR")
     os.environ["FLEETMAP_COORDINATOR"] = coord.url
     try:
@@ -153,6 +155,21 @@ def sleep_forever(x):
     return x
 
 
+def fill_scratch(x):
+    """Input 1 writes into its cwd until the disk is full; the others look at their scratch."""
+    import os
+    import tempfile
+    if x == 1:
+        chunk = b"\1" * (1 << 20)
+        with open("fill.bin", "wb") as out:
+            while True:
+                out.write(chunk)
+                out.flush()
+    stat = os.statvfs(".")
+    return {"cwd": os.getcwd(), "tmp": tempfile.gettempdir(), "entries": os.listdir("."),
+            "bytes": stat.f_blocks * stat.f_frsize}
+
+
 def slow(x):
     import time
     time.sleep(0.3)
@@ -229,6 +246,41 @@ def test_sleeping_forever_with_a_timeout_fails_only_its_input(private):
     assert err.index == 1 and "timeout=1" in str(err), str(err)
     assert err.results[0] == 0 and err.results[2] == 2
     assert_node_clean(node)
+
+
+def scratch_mounts(state_dir):
+    """Mount points below the node's scratch root (from this process's mountinfo)."""
+    root = os.path.join(os.path.realpath(state_dir), "scratch")
+    with open("/proc/self/mountinfo") as info:
+        points = [line.split()[4] for line in info]
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
+@pytest.mark.deadline(120)
+def test_a_function_filling_its_disk_gets_enospc_and_leaves_nothing(private):
+    _, node = private
+    if os.geteuid() != 0:
+        pytest.skip("SKIPPED: bounded scratch spaces are tmpfs mounts, which need root; "
+                    "as another user the daemon gives unbounded scratch directories")
+    state = node.argv[node.argv.index("--state-dir") + 1]
+    with pytest.raises(OSError) as caught:
+        remote_parallel_map(fill_scratch, [0, 1, 2])
+    err = caught.value
+    assert err.errno == 28, repr(err)  # ENOSPC, the function's own exception
+    assert err.fleetmap_index == 1, err.fleetmap_index
+    notes = "\n".join(getattr(err, "__notes__", []))
+    assert f"is full at its {SCRATCH_MIB} MiB limit" in notes and "--scratch-mib" in notes, notes
+    assert "raised by input 1" in notes, notes
+    assert_node_clean(node)
+    # The scratch of every slot is unmounted with the slot, so nothing was left on any disk.
+    assert e2e_support.wait_until(lambda: not scratch_mounts(state), 10, 0.05), \
+        scratch_mounts(state)
+    assert os.listdir(os.path.join(state, "scratch")) == []
+    # The next job on the node's slots finds an empty scratch of the configured size.
+    (seen,) = remote_parallel_map(fill_scratch, [0])
+    assert seen["entries"] == [] and seen["cwd"] == seen["tmp"], seen
+    assert seen["cwd"].startswith(os.path.join(os.path.realpath(state), "scratch") + "/"), seen
+    assert seen["bytes"] == SCRATCH_MIB << 20, seen
 
 
 FAULT_CLIENT = textwrap.dedent(

@@ -156,7 +156,12 @@ pub async fn run(instance: Instance) {
 
 /// Serves the job with one worker until the job ends or the worker dies.
 async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> Outcome {
-    let Worker { pid, conn, exit } = worker;
+    let Worker {
+        pid,
+        conn,
+        exit,
+        scratch,
+    } = worker;
     let job = &instance.job;
     let slot = &instance.slot;
     let path = instance
@@ -195,6 +200,8 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
             ram_bytes: slot.ram_bytes,
             progress_path: w.progress.path().display().to_string(),
             env: gpu_env(slot),
+            scratch: scratch.as_ref().map(|s| s.path.clone()),
+            scratch_bytes: scratch.as_ref().map_or(0, |s| s.bytes),
         },
     );
     let function = Frame::new(FrameKind::Function, job.function().clone());

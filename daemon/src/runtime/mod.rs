@@ -33,6 +33,18 @@ pub struct Worker {
     pub conn: WorkerConn,
     /// Resolves once the runtime learns how the process ended.
     pub exit: ExitWatch,
+    /// The worker's own empty scratch space (its working directory and `TMPDIR`), if the
+    /// runtime gives it one.
+    pub scratch: Option<Scratch>,
+}
+
+/// A bounded, empty directory a worker writes into: its cwd and `TMPDIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scratch {
+    /// The directory as the worker sees it (a host path, or a path inside its container).
+    pub path: String,
+    /// Its size limit in bytes; 0 where it is bounded only by the filesystem it is on.
+    pub bytes: u64,
 }
 
 /// What a runtime could not do.
@@ -70,6 +82,9 @@ pub enum RuntimeError {
     /// The environment asked for cannot be served (not built, or its workers do not start).
     #[error("{0}")]
     Environment(String),
+    /// A slot's scratch space could not be made.
+    #[error("scratch space: {0}")]
+    Scratch(String),
     /// The runtime is shutting down and hands out nothing more.
     #[error("the worker runtime is shutting down")]
     ShuttingDown,

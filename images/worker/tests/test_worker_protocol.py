@@ -324,6 +324,47 @@ def test_assignment_env_is_set_before_the_function_loads(zygote, sock_dir):
     assert other.run(pickled(["CUDA_VISIBLE_DEVICES"])).results == {0: (None, None)}
 
 
+def where_it_writes(x):
+    import tempfile
+    with tempfile.NamedTemporaryFile(delete=False) as handle:
+        handle.write(b"x")
+    return os.getcwd(), os.environ.get("TMPDIR"), os.path.dirname(handle.name)
+
+
+def raise_enospc(x):
+    raise OSError(28, "No space left on device")
+
+
+def test_assignment_scratch_is_the_cwd_and_tmpdir_and_enospc_names_it(zygote, sock_dir, tmp_path):
+    scratch = str(tmp_path / "scratch")
+    os.mkdir(scratch)
+    conn = zygote.spawn_worker()
+    conn.assign(cloudpickle.dumps(where_it_writes), sock_dir, scratch=scratch,
+                scratch_bytes=64 << 20)
+    conn.expect_ready()
+    assert conn.run(pickled([0])).results == {0: (scratch, scratch, scratch)}
+    full = zygote.spawn_worker()
+    full.assign(cloudpickle.dumps(raise_enospc), sock_dir, scratch=scratch, scratch_bytes=64 << 20)
+    full.expect_ready()
+    info, exc = full.run(pickled([3])).failures[0]
+    assert info["type_name"] == "OSError"
+    if sys.version_info >= (3, 11):
+        notes = pickle.loads(exc).__notes__
+        assert any("--scratch-mib" in note for note in notes), notes
+    assert "input 0 raised OSError" in info["message"]
+    assert "scratch space %s (cwd and TMPDIR) is full at its 64 MiB limit" % scratch \
+        in info["message"]
+    assert "--scratch-mib" in info["message"]
+
+
+def test_assignment_scratch_that_is_not_a_path_is_a_protocol_error(zygote, sock_dir):
+    conn = zygote.spawn_worker()
+    conn.assign(cloudpickle.dumps(double), sock_dir, scratch=7)
+    assert conn.read_until_eof() == []
+    assert zygote.wait_exit(conn.pid)["exit_code"] == harness.EXIT_PROTOCOL
+    assert "ASSIGN field scratch must be a path" in zygote.stderr_text()
+
+
 def test_assignment_env_that_is_not_strings_is_a_protocol_error(zygote, sock_dir):
     conn = zygote.spawn_worker()
     conn.assign(cloudpickle.dumps(double), sock_dir, env={"CUDA_VISIBLE_DEVICES": 0})

@@ -78,6 +78,7 @@ pub(super) async fn acquire(
         pid: worker.pid,
         conn: worker.conn,
         exit: worker.exit,
+        scratch: Some(super::scratch::in_container(&inner.opts)),
     })
 }
 

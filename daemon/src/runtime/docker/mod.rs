@@ -27,6 +27,7 @@
 
 mod cgroup;
 mod gpu;
+mod scratch;
 mod spec;
 mod warmup;
 
@@ -105,6 +106,8 @@ pub struct DockerOptions {
     /// CPUs held by slots of every docker runtime of this node (clones share the count): warm
     /// containers start only on the others.
     pub cpus_in_use: warmup::CpusInUse,
+    /// Size of each container's scratch tmpfs at `/tmp` (see `scratch.rs`).
+    pub scratch_bytes: u64,
 }
 
 impl DockerOptions {
@@ -131,6 +134,7 @@ impl DockerOptions {
             python: spec::PYTHON_IN_CONTAINER.to_string(),
             environment: false,
             cpus_in_use: warmup::CpusInUse::default(),
+            scratch_bytes: crate::config::DEFAULT_SCRATCH_BYTES,
         }
     }
 }
@@ -719,6 +723,7 @@ impl DockerRuntime {
                 pid: idle.pid,
                 conn: idle.conn,
                 exit: idle.exit,
+                scratch: Some(scratch::in_container(&inner.opts)),
             });
         }
     }

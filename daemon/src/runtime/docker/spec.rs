@@ -9,7 +9,7 @@ use bollard::models::{
 };
 use fleetmap_sandbox::SlotLimits;
 
-use super::DockerOptions;
+use super::{scratch, DockerOptions};
 
 /// Label naming the node whose daemon created the container (stale cleanup matches it).
 pub const LABEL_NODE: &str = "org.fleetmap.node";
@@ -49,7 +49,7 @@ pub fn create_body(
     ]);
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(vec![
             opts.python.clone(),
@@ -63,7 +63,8 @@ pub fn create_body(
         ]),
         // The daemon's own uid: the socket (mode 0600) and the progress files are its.
         user: Some(format!("{uid}:{gid}")),
-        working_dir: Some("/tmp".to_string()),
+        working_dir: Some(scratch::SCRATCH_IN_CONTAINER.to_string()),
+        env: Some(scratch::env()),
         labels: Some(labels),
         host_config: Some(HostConfig {
             mounts: Some(vec![
@@ -97,7 +98,11 @@ pub fn create_body(
             ..Default::default()
         }),
         ..Default::default()
+    };
+    if let Some(host) = body.host_config.as_mut() {
+        scratch::bound(host, opts);
     }
+    body
 }
 
 /// The update that puts a warm container into a slot's limits.

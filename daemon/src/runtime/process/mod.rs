@@ -16,6 +16,7 @@ mod exits;
 mod gpu;
 pub(crate) mod pool;
 mod priority;
+pub mod scratch;
 mod spares;
 pub mod stale;
 mod zygote;
@@ -41,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use self::exits::Exits;
 use self::pool::{IdleWorker, Pool};
+use self::scratch::ScratchDirs;
 use self::spares::Spares;
 use crate::env::EnvTarget;
 use crate::runtime::accept::accept_workers;
@@ -78,6 +80,10 @@ pub struct ProcessOptions {
     /// cleanup (an earlier run's workers, the daemon's cgroup parent) to the main runtime and
     /// removes only what it made.
     pub environment: bool,
+    /// Where slots' scratch spaces are mounted (`<state>/scratch`).
+    pub scratch_root: PathBuf,
+    /// Most bytes of a slot's scratch space (at most half the slot's RAM is used).
+    pub scratch_bytes: u64,
 }
 
 impl ProcessOptions {
@@ -86,6 +92,8 @@ impl ProcessOptions {
         Self {
             worker_file: state_dir.join("worker").join("fleetmap_worker.py"),
             socket_path: state_dir.join("worker.sock"),
+            scratch_root: state_dir.join("scratch"),
+            scratch_bytes: crate::config::DEFAULT_SCRATCH_BYTES,
             python,
             state_dir,
             proc_root,
@@ -104,6 +112,7 @@ pub(crate) struct Inner {
     opts: ProcessOptions,
     cgroups: Arc<dyn SlotCgroups>,
     pool: Pool,
+    scratch: ScratchDirs,
     exits: Exits,
     spares: Spares,
     /// Home cgroup of each idle worker that has one, by pid. A std `Mutex`: map operations
@@ -199,8 +208,13 @@ impl ProcessRuntime {
                 source,
             })?;
         let startup_timeout = opts.startup_timeout;
+        // An environment's runtime shares the root with the main one: only the main one
+        // removes what an earlier run left there.
+        let scratch = ScratchDirs::open(&opts.scratch_root, opts.scratch_bytes, !opts.environment)
+            .map_err(|err| RuntimeError::Scratch(err.to_string()))?;
         let inner = Arc::new(Inner {
             pool: Pool::new(opts.pool_target),
+            scratch,
             opts,
             cgroups,
             exits: Exits::default(),
@@ -291,6 +305,7 @@ impl ProcessRuntime {
             return;
         }
         let killed = stale::kill_workers_of(&inner.opts.proc_root, &inner.opts.worker_file);
+        inner.scratch.remove_all();
         let cgroups = inner.cgroups.clone();
         // On a graceful stop the daemon's parent cgroup goes too, so test and restart cycles
         // leave nothing behind on the host.
@@ -504,11 +519,19 @@ impl Runtime for ProcessRuntime {
                     .and_then(|()| gpu::fence(inner.cgroups.as_ref(), slot, idle.pid));
                 match placed {
                     Ok(()) => {
+                        let scratch = match inner.scratch.prepare(&slot.id, slot.ram_bytes) {
+                            Ok(scratch) => scratch,
+                            Err(err) => {
+                                sigkill(idle.pid);
+                                return Err(RuntimeError::Scratch(err.to_string()));
+                            }
+                        };
                         return Ok(Worker {
                             pid: idle.pid,
                             conn: idle.conn,
                             exit: idle.exit,
-                        })
+                            scratch: Some(scratch),
+                        });
                     }
                     Err(err) if idle.exit.get().is_some() || !idle.conn.looks_alive() => {
                         debug!(pid = idle.pid, cause = %err, "worker died while being placed; taking another");
@@ -546,12 +569,14 @@ impl Runtime for ProcessRuntime {
     }
 
     fn release(&self, slot_id: String) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
         let cgroups = self.inner.cgroups.clone();
         let name = self.inner.spares.unbind(&slot_id);
         async move {
             let id = slot_id.clone();
             let removed = tokio::task::spawn_blocking(move || {
                 let removed = cgroups.remove_slot(&name);
+                inner.scratch.remove(&id);
                 if let Err(err) = cgroups.remove_devices(&id) {
                     warn!(slot = %id, cause = %err, "cannot remove the slot's device cgroup");
                 }

@@ -1,0 +1,345 @@
+//! Per-slot scratch space of the process runtime: a size-limited tmpfs the daemon mounts at
+//! `<state>/scratch/<slot>` when a slot takes a worker and unmounts when the slot ends, so a
+//! function that writes until the disk is full fills only its own scratch (ENOSPC), and the
+//! next worker of the slot starts on an empty one.
+//!
+//! Why tmpfs: it is the one bound the kernel enforces per directory without a dedicated
+//! block device or project quotas. Its pages are charged to the memory cgroup of the process
+//! that writes them (the slot's), so a scratch is at most half the slot's RAM
+//! ([`ScratchDirs::size_for`]): a full scratch then ends in ENOSPC, not in an OOM kill.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::runtime::Scratch;
+
+/// The smallest scratch handed out, whatever the slot's RAM.
+pub const MIN_SCRATCH_BYTES: u64 = 1 << 20;
+
+/// What a scratch directory could not be made or removed with.
+#[derive(Debug, Error)]
+pub enum ScratchError {
+    /// A directory operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The kernel refused to mount or unmount the tmpfs.
+    #[error("{op} tmpfs at {path}: {source}")]
+    Mount {
+        /// `mount` or `umount`.
+        op: &'static str,
+        /// The mount point.
+        path: PathBuf,
+        /// The errno.
+        source: nix::Error,
+    },
+}
+
+/// How scratch spaces are bounded on this node (reported once at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScratchBound {
+    /// Each scratch is its own size-limited tmpfs.
+    Tmpfs,
+    /// The daemon may not mount (no `CAP_SYS_ADMIN`): scratch directories on the state dir's
+    /// filesystem, emptied per worker but bounded only by that filesystem.
+    Unbounded,
+}
+
+/// The scratch spaces of one process runtime.
+#[derive(Debug)]
+pub struct ScratchDirs {
+    root: PathBuf,
+    max_bytes: u64,
+    bound: ScratchBound,
+}
+
+impl ScratchDirs {
+    /// Takes `root` (created if missing), unmounts and removes what an earlier run left in it
+    /// when `clean`, and finds out whether tmpfs mounts are allowed here.
+    pub fn open(root: &Path, max_bytes: u64, clean: bool) -> Result<Self, ScratchError> {
+        std::fs::create_dir_all(root).map_err(|source| ScratchError::Io {
+            op: "mkdir",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let root = std::fs::canonicalize(root).map_err(|source| ScratchError::Io {
+            op: "canonicalize",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let mut dirs = Self {
+            root,
+            max_bytes: max_bytes.max(MIN_SCRATCH_BYTES),
+            bound: ScratchBound::Tmpfs,
+        };
+        if clean {
+            let stale = dirs.remove_all();
+            if stale > 0 {
+                info!(removed = stale, root = %dirs.root.display(), "removed scratch spaces of an earlier run");
+            }
+        }
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let probe = dirs.root.join(format!(
+            ".probe-{}-{}",
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::Relaxed)
+        ));
+        match dirs.mount_fresh(&probe, MIN_SCRATCH_BYTES) {
+            Ok(()) => dirs.remove_dir(&probe),
+            Err(err) => {
+                warn!(cause = %err, "cannot mount tmpfs scratch spaces (the daemon needs CAP_SYS_ADMIN); functions get unbounded scratch directories on the state dir's filesystem");
+                let _ = std::fs::remove_dir_all(&probe);
+                dirs.bound = ScratchBound::Unbounded;
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// How scratch spaces are bounded.
+    pub fn bound(&self) -> ScratchBound {
+        self.bound
+    }
+
+    /// Size of the scratch of a slot with `ram_bytes` of RAM: the node's setting, at most half
+    /// the slot's RAM (tmpfs pages count against it), at least 1 MiB.
+    pub fn size_for(&self, ram_bytes: u64) -> u64 {
+        self.max_bytes.min(ram_bytes / 2).max(MIN_SCRATCH_BYTES)
+    }
+
+    /// The directory of `slot_id`'s scratch.
+    pub fn path_of(&self, slot_id: &str) -> PathBuf {
+        self.root.join(slot_id)
+    }
+
+    /// An empty scratch for a slot's next worker: whatever the slot's previous worker left is
+    /// unmounted and removed first.
+    pub fn prepare(&self, slot_id: &str, ram_bytes: u64) -> Result<Scratch, ScratchError> {
+        let path = self.path_of(slot_id);
+        self.remove_dir(&path);
+        let bytes = self.size_for(ram_bytes);
+        match self.bound {
+            ScratchBound::Tmpfs => self.mount_fresh(&path, bytes)?,
+            ScratchBound::Unbounded => mkdir_private(&path)?,
+        }
+        debug!(slot = slot_id, bytes, path = %path.display(), "scratch ready");
+        Ok(Scratch {
+            path: path.display().to_string(),
+            bytes: match self.bound {
+                ScratchBound::Tmpfs => bytes,
+                ScratchBound::Unbounded => 0,
+            },
+        })
+    }
+
+    /// Unmounts and removes `slot_id`'s scratch (nothing when it has none).
+    pub fn remove(&self, slot_id: &str) {
+        self.remove_dir(&self.path_of(slot_id));
+    }
+
+    /// Unmounts and removes every scratch under the root; returns how many there were.
+    pub fn remove_all(&self) -> usize {
+        let mut removed = 0;
+        for point in mounts_below(&self.root) {
+            if let Err(source) = umount2(&point, MntFlags::MNT_DETACH) {
+                warn!(path = %point.display(), cause = %source, "cannot unmount a scratch space");
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                removed += 1;
+                let path = entry.path();
+                if let Err(err) = std::fs::remove_dir_all(&path) {
+                    warn!(path = %path.display(), cause = %err, "cannot remove a scratch directory");
+                }
+            }
+        }
+        removed
+    }
+
+    fn mount_fresh(&self, path: &Path, bytes: u64) -> Result<(), ScratchError> {
+        mkdir_private(path)?;
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let data = format!("size={bytes},mode=0700,uid={uid},gid={gid}");
+        mount(
+            Some("fleetmap-scratch"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(|source| {
+            let _ = std::fs::remove_dir(path);
+            ScratchError::Mount {
+                op: "mount",
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// Detaches every mount at `path` (a lazy unmount: a file a killed worker's child still
+    /// holds open does not keep it busy) and removes the directory.
+    fn remove_dir(&self, path: &Path) {
+        while is_mount_point(path) {
+            if let Err(source) = umount2(path, MntFlags::MNT_DETACH) {
+                warn!(path = %path.display(), cause = %source, "cannot unmount a scratch space");
+                break;
+            }
+        }
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(path = %path.display(), cause = %err, "cannot remove a scratch directory")
+            }
+        }
+    }
+}
+
+fn mkdir_private(path: &Path) -> Result<(), ScratchError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| ScratchError::Io {
+            op: "mkdir",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether `path` is a mount point in this mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    mounts_below(path).iter().any(|point| point == path)
+}
+
+/// Mount points at or below `root` (from `/proc/self/mountinfo`), deepest first.
+fn mounts_below(root: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mount_path(field)))
+        .filter(|point| point.starts_with(root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mount_path(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let digits = &field[i + 1..i + 4];
+            if let Ok(value) = u8::from_str_radix(digits, 8) {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_may_mount() -> Option<&'static str> {
+        if !nix::unistd::geteuid().is_root() {
+            return Some("mounting tmpfs needs root");
+        }
+        None
+    }
+
+    #[test]
+    fn scratch_is_half_the_slot_ram_at_most_and_one_mib_at_least() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = ScratchDirs::open(dir.path(), 512 << 20, true).expect("open");
+        assert_eq!(dirs.size_for(4 << 30), 512 << 20);
+        assert_eq!(dirs.size_for(600 << 20), 300 << 20);
+        assert_eq!(dirs.size_for(1 << 10), MIN_SCRATCH_BYTES);
+        dirs.remove_all();
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mount_path(r"/a\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount_path(r"/plain"), "/plain");
+        assert_eq!(unescape_mount_path(r"/end\"), r"/end\");
+    }
+
+    #[test]
+    fn a_full_scratch_is_enospc_and_the_next_worker_finds_it_empty() {
+        if let Some(why) = root_may_mount() {
+            eprintln!("SKIPPED a_full_scratch_is_enospc_and_the_next_worker_finds_it_empty: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = ScratchDirs::open(dir.path(), 4 << 20, true).expect("open");
+        assert_eq!(dirs.bound(), ScratchBound::Tmpfs);
+        let scratch = dirs.prepare("s1", 1 << 30).expect("prepare");
+        assert_eq!(scratch.bytes, 4 << 20);
+        let path = PathBuf::from(&scratch.path);
+        assert!(
+            is_mount_point(&path),
+            "{} is not a mount point",
+            path.display()
+        );
+        let err = std::fs::write(path.join("big"), vec![7u8; 8 << 20]).expect_err("must not fit");
+        assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
+        let again = dirs.prepare("s1", 1 << 30).expect("prepare again");
+        let entries: Vec<_> = std::fs::read_dir(&again.path).expect("read").collect();
+        assert!(entries.is_empty(), "scratch not empty: {entries:?}");
+        assert_eq!(
+            mounts_below(&path),
+            vec![path.clone()],
+            "one mount per slot"
+        );
+        dirs.remove("s1");
+        assert!(!path.exists());
+        assert!(mounts_below(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn opening_removes_what_an_earlier_run_left() {
+        if let Some(why) = root_may_mount() {
+            eprintln!("SKIPPED opening_removes_what_an_earlier_run_left: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = ScratchDirs::open(dir.path(), 2 << 20, true).expect("open");
+        let a = first.prepare("a", 1 << 30).expect("a");
+        std::fs::write(PathBuf::from(&a.path).join("f"), b"x").expect("write");
+        first.prepare("b", 1 << 30).expect("b");
+        std::fs::create_dir(dir.path().join("plain")).expect("plain dir");
+        drop(first); // an earlier run that ended without cleaning up
+        let root = std::fs::canonicalize(dir.path()).expect("canonicalize");
+        assert_eq!(mounts_below(&root).len(), 2);
+        let second = ScratchDirs::open(dir.path(), 2 << 20, true).expect("reopen");
+        assert!(mounts_below(&root).is_empty());
+        assert_eq!(std::fs::read_dir(&root).expect("read").count(), 0);
+        drop(second);
+    }
+
+    fn libc_enospc() -> i32 {
+        nix::errno::Errno::ENOSPC as i32
+    }
+}
