@@ -41,6 +41,8 @@ pub struct Config {
     pub runtime: RuntimeKind,
     /// Image the `docker` runtime starts workers from.
     pub docker_image: String,
+    /// Pull `docker_image` from its registry when the engine lacks it.
+    pub docker_pull: bool,
     /// Network mode of worker containers: `bridge` (own namespace, NAT; functions can reach
     /// the network) or `none`. Never `host`.
     pub container_network: String,
@@ -113,6 +115,7 @@ impl Config {
             pool_size: None,
             runtime: RuntimeKind::Process,
             docker_image: "fleetmap/base:1".to_string(),
+            docker_pull: false,
             container_network: "bridge".to_string(),
             gpus: GpuSource::Nvml,
             gpu_refresh: Duration::from_secs(30),

@@ -95,6 +95,10 @@ struct Args {
     /// Image worker containers start from (`docker` runtime).
     #[arg(long, default_value = "fleetmap/base:1")]
     docker_image: String,
+    /// Pull `--docker-image` from its registry when the engine lacks it (cloud VMs that reach
+    /// a registry); without it the image must be built here (`fleetmap-base-image ensure`).
+    #[arg(long)]
+    docker_pull: bool,
     /// Network of worker containers (`docker` runtime): `bridge` lets functions reach the
     /// network through NAT, `none` cuts them off; never the host's.
     #[arg(long, value_enum, default_value_t = NetworkArg::Bridge)]
@@ -230,6 +234,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         RuntimeArg::Docker => fleetmapd::RuntimeKind::Docker,
     };
     config.docker_image = args.docker_image;
+    config.docker_pull = args.docker_pull;
     config.limits.max_connections = args.max_connections.max(1);
     config.limits.max_jobs = args.max_jobs.max(1);
     config.gpu_refresh = std::time::Duration::from_secs(args.gpu_refresh_s.max(1));

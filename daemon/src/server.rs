@@ -343,6 +343,7 @@ async fn start_docker(
         pool_target,
     );
     opts.image = config.docker_image.clone();
+    opts.pull_image = config.docker_pull;
     opts.network = config.container_network.clone();
     opts.cgroup_root = config.cgroup_root.clone();
     opts.max_frame_bytes = config.limits.max_frame_bytes;

@@ -292,3 +292,88 @@ async fn a_gpu_slot_asks_the_engine_for_its_gpu_and_says_what_is_missing() {
     assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
     daemon.stop().await;
 }
+
+/// Serves `IMAGE` (saved with `docker save`) from a registry on 127.0.0.1 as `name:tag`; the
+/// returned child is the registry, the string the image's full name there.
+fn serve_base_image(dir: &Path, name: &str, tag: &str) -> (Child, String) {
+    let saved = dir.join("base.tar");
+    let status = Command::new("docker")
+        .args(["save", IMAGE, "-o"])
+        .arg(&saved)
+        .status()
+        .expect("docker save");
+    assert!(status.success(), "docker save {IMAGE}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/registry.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(&saved)
+        .args([name, tag])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("registry");
+    let mut port = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut port).expect("port");
+    (child, format!("127.0.0.1:{}/{name}:{tag}", port.trim()))
+}
+
+async fn remove_image(image: &str) {
+    let docker = bollard::Docker::connect_with_local_defaults().expect("engine");
+    let _ = docker
+        .remove_image(
+            image,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_base_image_is_pulled_only_when_the_node_is_told_to() {
+    require_docker!();
+    let dir = tempfile::tempdir().expect("dir");
+    let tag = format!("t{}", std::process::id());
+    let (mut registry, image) = serve_base_image(dir.path(), "fleetmap-test/pulled", &tag);
+    remove_image(&image).await;
+
+    // Without --docker-pull a missing image is one sentence naming both ways to get it.
+    let state = tempfile::tempdir().expect("state");
+    let mut config = fleetmapd::Config::new("dk-nopull", state.path(), "python3");
+    config.runtime = RuntimeKind::Docker;
+    config.docker_image = image.clone();
+    config.cgroup_mode = CgroupMode::Off;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        fleetmapd::run(config, listener, std::future::pending::<()>()),
+    )
+    .await
+    .expect("the daemon refuses at once");
+    let text = format!("{:#}", refused.expect_err("no image, no pull"));
+    assert!(
+        text.contains(&image) && text.contains("--docker-pull") && text.contains("fleetmap-base-image ensure"),
+        "{text}"
+    );
+
+    // With it, the daemon pulls the image from the registry and runs jobs in it.
+    let daemon = TestDaemon::start_with("dk-pull", CgroupMode::Auto, |config| {
+        config.runtime = RuntimeKind::Docker;
+        config.docker_image = image.clone();
+        config.docker_pull = true;
+        config.container_network = "none".to_string();
+    })
+    .await;
+    let out = run_job(
+        daemon.addr,
+        &spec("dk-pull"),
+        &function("double", None),
+        0..5,
+    )
+    .await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.failures);
+    assert!((0..5).all(|i| out.int(i) == Some(2 * i as i64)));
+    daemon.stop().await;
+    let _ = registry.kill();
+    let _ = registry.wait();
+    remove_image(&image).await;
+}

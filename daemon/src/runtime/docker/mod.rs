@@ -25,6 +25,7 @@
 //! - Warm containers are started only on CPUs no slot holds (`warmup.rs`): the containers a
 //!   job takes are replaced as its slots end, not while it runs on every CPU.
 
+mod base_image;
 mod cgroup;
 mod gpu;
 mod scratch;
@@ -108,6 +109,8 @@ pub struct DockerOptions {
     pub cpus_in_use: warmup::CpusInUse,
     /// Size of each container's scratch tmpfs at `/tmp` (see `scratch.rs`).
     pub scratch_bytes: u64,
+    /// Pull `image` from its registry when the engine lacks it (see `base_image.rs`).
+    pub pull_image: bool,
 }
 
 impl DockerOptions {
@@ -135,6 +138,7 @@ impl DockerOptions {
             environment: false,
             cpus_in_use: warmup::CpusInUse::default(),
             scratch_bytes: crate::config::DEFAULT_SCRATCH_BYTES,
+            pull_image: false,
         }
     }
 }
@@ -243,17 +247,7 @@ impl DockerRuntime {
             }
             cgroup::remove_parent(&opts.cgroup_root, &opts.cgroup_parent);
         }
-        let image =
-            docker
-                .inspect_image(&opts.image)
-                .await
-                .map_err(|err| RuntimeError::Engine {
-                    action: "inspect image",
-                    reason: format!(
-                        "{} ({err}); build it with `fleetmap-base-image ensure`",
-                        opts.image
-                    ),
-                })?;
+        let image = base_image::ensure(&docker, &opts.image, opts.pull_image).await?;
         let python = image
             .config
             .and_then(|c| c.labels)
