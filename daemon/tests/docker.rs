@@ -342,7 +342,9 @@ async fn a_missing_base_image_is_pulled_only_when_the_node_is_told_to() {
     config.runtime = RuntimeKind::Docker;
     config.docker_image = image.clone();
     config.cgroup_mode = CgroupMode::Off;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let refused = tokio::time::timeout(
         Duration::from_secs(60),
         fleetmapd::run(config, listener, std::future::pending::<()>()),
@@ -351,7 +353,9 @@ async fn a_missing_base_image_is_pulled_only_when_the_node_is_told_to() {
     .expect("the daemon refuses at once");
     let text = format!("{:#}", refused.expect_err("no image, no pull"));
     assert!(
-        text.contains(&image) && text.contains("--docker-pull") && text.contains("fleetmap-base-image ensure"),
+        text.contains(&image)
+            && text.contains("--docker-pull")
+            && text.contains("fleetmap-base-image ensure"),
         "{text}"
     );
 

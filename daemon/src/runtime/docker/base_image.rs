@@ -11,7 +11,11 @@ use tracing::info;
 use crate::runtime::RuntimeError;
 
 /// The inspected base image `image`, pulled first when it is missing and `pull` is set.
-pub async fn ensure(docker: &Docker, image: &str, pull: bool) -> Result<ImageInspect, RuntimeError> {
+pub async fn ensure(
+    docker: &Docker,
+    image: &str,
+    pull: bool,
+) -> Result<ImageInspect, RuntimeError> {
     match docker.inspect_image(image).await {
         Ok(found) => return Ok(found),
         Err(err) if !pull => {
