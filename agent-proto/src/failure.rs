@@ -30,6 +30,32 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 8] = [
+        Self::Exception,
+        Self::Oom,
+        Self::Exited,
+        Self::Killed,
+        Self::Timeout,
+        Self::UnpicklableResult,
+        Self::FunctionLoad,
+        Self::Lost,
+    ];
+
+    /// The kind as the wire spells it (`exception`, `oom`, `unpicklable_result`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exception => "exception",
+            Self::Oom => "oom",
+            Self::Exited => "exited",
+            Self::Killed => "killed",
+            Self::Timeout => "timeout",
+            Self::UnpicklableResult => "unpicklable_result",
+            Self::FunctionLoad => "function_load",
+            Self::Lost => "lost",
+        }
+    }
+
     /// Whether this failure means the instance died (these are the ones `retries` re-run).
     pub fn is_instance_death(self) -> bool {
         matches!(
@@ -164,6 +190,15 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_are_the_wire_names() {
+        for (i, kind) in FailureKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "ALL is in declaration order");
+            let wire = serde_json::to_value(kind).expect("serializes");
+            assert_eq!(wire, serde_json::Value::from(kind.as_str()));
+        }
+    }
 
     #[test]
     fn failure_round_trips() {

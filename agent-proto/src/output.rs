@@ -17,6 +17,27 @@ pub enum OutputStream {
     Build = 3,
 }
 
+impl OutputStream {
+    /// The stream's name as the HTTP APIs spell it: `stdout`, `stderr` or `build`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Build => "build",
+        }
+    }
+
+    /// The stream of a wire byte, if it names one.
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Stdout),
+            2 => Some(Self::Stderr),
+            3 => Some(Self::Build),
+            _ => None,
+        }
+    }
+}
+
 /// A decoded `OUTPUT` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -49,12 +70,8 @@ impl Output {
         if body.len() < 9 {
             return Err(malformed(format!("{} bytes is shorter than 9", body.len())));
         }
-        let stream = match body[8] {
-            1 => OutputStream::Stdout,
-            2 => OutputStream::Stderr,
-            3 => OutputStream::Build,
-            other => return Err(malformed(format!("unknown stream {other}"))),
-        };
+        let stream = OutputStream::from_u8(body[8])
+            .ok_or_else(|| malformed(format!("unknown stream {}", body[8])))?;
         let mut index = [0u8; 8];
         index.copy_from_slice(&body[..8]);
         Ok(Self {

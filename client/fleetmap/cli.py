@@ -5,6 +5,7 @@
                                       slots and the jobs running on them
     fleetmap jobs                     job records, newest first
     fleetmap results JOB_ID           results of a detached job (--wait, --delete)
+    fleetmap logs JOB_ID              what a job printed, by input (--input N, --follow)
     fleetmap cancel JOB_ID            cancel a job
     fleetmap login [--api-key KEY]    store the credential remote_parallel_map sends
 
@@ -22,7 +23,8 @@ import sys
 import time
 from typing import Any, Iterable, List, Optional, Sequence
 
-from . import config, errors, local_cluster, stored, transport
+from . import config, errors, local_cluster, progress, stored, transport
+from .frames import NO_INDEX
 
 
 def _endpoint(args: argparse.Namespace) -> transport.Endpoint:
@@ -178,6 +180,43 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+
+
+def _print_log_entry(entry: dict) -> None:
+    text = entry.get("text") or ""
+    if not text:
+        return
+    if entry.get("stream") == "build":
+        sys.stderr.write("".join(f"[build] {line}\n" for line in text.rstrip("\n").split("\n")))
+        return
+    index = entry.get("index")
+    out = sys.stderr if entry.get("stream") == "stderr" else sys.stdout
+    out.write(progress.attribute(NO_INDEX if index is None else int(index), text))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    endpoint = _endpoint(args)
+    seq = 0
+    while True:
+        query = f"from_seq={seq}" + ("" if args.input is None else f"&input={args.input}")
+        page = transport.request_json(endpoint, "GET", f"/v1/jobs/{args.job_id}/logs?{query}")
+        for entry in page.get("entries") or []:
+            if args.json:
+                print(json.dumps(entry))
+            else:
+                _print_log_entry(entry)
+            seq = int(entry["seq"]) + 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if page.get("next_seq") is not None:
+            seq = int(page["next_seq"])
+            continue
+        if not args.follow or page.get("state") in TERMINAL_STATES:
+            return 0
+        time.sleep(args.poll)
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     key = args.api_key or os.environ.get(config.ENV_API_KEY)
     if not key:
@@ -237,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--delete", action="store_true", help="free the stored results once they were read")
     results.add_argument("--api-key", default=None)
     results.set_defaults(func=cmd_results)
+
+    logs = sub.add_parser("logs", help="what a job printed (stdout, stderr, by input) and its nodes' build log")
+    logs.add_argument("job_id")
+    logs.add_argument("--input", type=int, default=None, help="only what this input printed")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--poll", type=float, default=0.5, help="with --follow: seconds between asks")
+    logs.add_argument("--json", action="store_true", help="one JSON entry per line")
+    logs.add_argument("--api-key", default=None)
+    logs.set_defaults(func=cmd_logs)
 
     login = sub.add_parser("login", help="store the API key remote_parallel_map sends")
     login.add_argument("--api-key", default=None)

@@ -55,6 +55,9 @@ pub struct Config {
     /// Payload bytes of detached jobs' results the database may hold; a detached job whose
     /// results would go beyond it fails with a sentence naming this limit.
     pub results_budget_bytes: u64,
+    /// Bytes of output (prints and build log) each job keeps in the database for
+    /// `GET /v1/jobs/{id}/logs`; past it one line says the rest was not kept. 0 keeps none.
+    pub log_bytes_per_job: u64,
     /// Whether every client route (all but health and the node routes) needs an API key made
     /// with `fleetmap-coordinator keys create`. Off by default so the local cluster needs no
     /// configuration; a fleet's coordinator turns it on (`--require-api-keys`).
@@ -88,6 +91,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             cluster_token: None,
             results_budget_bytes: 10 << 30,
+            log_bytes_per_job: 4 << 20,
             require_api_keys: false,
         }
     }

@@ -97,6 +97,9 @@ struct Args {
     /// Payload bytes of detached jobs' results the database may hold.
     #[arg(long, default_value_t = 10 << 30)]
     results_budget_bytes: u64,
+    /// Bytes of output (prints, build log) each job keeps for `fleetmap logs JOB`; 0 keeps none.
+    #[arg(long, default_value_t = 4 << 20)]
+    log_bytes_per_job: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -162,6 +165,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.max_connections = args.max_connections.max(1);
     config.max_jobs_per_client = args.max_jobs_per_client;
     config.results_budget_bytes = args.results_budget_bytes;
+    config.log_bytes_per_job = args.log_bytes_per_job;
     config.cluster_token =
         fleetmap_service_config::secret(args.cluster_token_file.as_deref(), CLUSTER_TOKEN_ENV)?
             .map(|text| ClusterToken::new(&text))

@@ -1,15 +1,18 @@
 //! Prometheus metrics of the coordinator (`GET /metrics`, OpenMetrics text): request latencies
 //! by route, method and status, recorded as requests are answered; and the fleet and its jobs
 //! (nodes, CPUs, GPUs, running instances, running jobs and their inputs), read from the state
-//! when scraped, so they are never stale and cost nothing between scrapes.
+//! when scraped, so they are never stale and cost nothing between scrapes; and counters of
+//! what ended (jobs by state, inputs done, input failures by kind), counted as it happens.
 //!
 //! Built on `prometheus-client`, the Prometheus project's own Rust client: typed metric
 //! families with derived label sets, no global registry, text encoding without protobuf.
 
 use std::sync::Mutex;
 
+use agent_proto::{FailureKind, JobState};
 use fleetmap_service_metrics::RequestLatency;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -25,6 +28,12 @@ struct StateLabel {
     state: String,
 }
 
+/// A `kind` label (of input failures).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 /// The coordinator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -37,6 +46,9 @@ pub struct Metrics {
     instances: Gauge,
     jobs_running: Gauge,
     inputs: Family<StateLabel, Gauge>,
+    jobs_finished: Family<StateLabel, Counter>,
+    inputs_done: Counter,
+    input_failures: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,7 +94,39 @@ impl Metrics {
             "Inputs of running jobs: received, pending (queued or running), done, failed",
             inputs.clone(),
         );
+        let jobs_finished = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "jobs_finished",
+            "Jobs ended, by final state (completed, failed, cancelled)",
+            jobs_finished.clone(),
+        );
+        let inputs_done = Counter::default();
+        registry.register(
+            "inputs_done",
+            "Inputs that yielded a result",
+            inputs_done.clone(),
+        );
+        let input_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "input_failures",
+            "Inputs that yielded a failure, by kind (exception, oom, exited, killed, timeout, unpicklable_result, function_load, lost)",
+            input_failures.clone(),
+        );
+        // Every series exists from the start, so a rate over them is defined before the first event.
+        for state in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
+            drop(jobs_finished.get_or_create(&StateLabel {
+                state: state.as_str().to_owned(),
+            }));
+        }
+        for kind in FailureKind::ALL {
+            drop(input_failures.get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            }));
+        }
         Self {
+            jobs_finished,
+            inputs_done,
+            input_failures,
             registry: Mutex::new(registry),
             requests,
             nodes,
@@ -92,6 +136,29 @@ impl Metrics {
             jobs_running,
             inputs,
         }
+    }
+
+    /// Counts a job that ended in `state`.
+    pub fn job_finished(&self, state: JobState) {
+        self.jobs_finished
+            .get_or_create(&StateLabel {
+                state: state.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `count` inputs that yielded a result.
+    pub fn inputs_done(&self, count: u64) {
+        self.inputs_done.inc_by(count);
+    }
+
+    /// Counts an input that failed with `kind`.
+    pub fn input_failed(&self, kind: FailureKind) {
+        self.input_failures
+            .get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            })
+            .inc();
     }
 
     /// Records one answered request.
@@ -182,5 +249,26 @@ mod tests {
         );
         assert!(out.contains("route=\"unmatched\""), "{out}");
         assert!(out.ends_with("# EOF\n"), "{out}");
+    }
+
+    #[test]
+    fn ends_are_counted_by_state_and_failures_by_kind() {
+        let metrics = Metrics::new();
+        metrics.job_finished(JobState::Failed);
+        metrics.inputs_done(41);
+        metrics.inputs_done(1);
+        metrics.input_failed(FailureKind::Oom);
+        let registry = metrics.registry.lock().expect("lock");
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("encode");
+        for line in [
+            "fleetmap_coordinator_jobs_finished_total{state=\"failed\"} 1",
+            "fleetmap_coordinator_jobs_finished_total{state=\"completed\"} 0",
+            "fleetmap_coordinator_inputs_done_total 42",
+            "fleetmap_coordinator_input_failures_total{kind=\"oom\"} 1",
+            "fleetmap_coordinator_input_failures_total{kind=\"unpicklable_result\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing from {out}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the daemon (`GET /metrics`, OpenMetrics text): request latencies by
 //! route, method and status, recorded as requests are answered; and what the node offers and
 //! runs (CPUs, RAM, GPUs, instances, jobs and their inputs) and its environment cache's
-//! counters, read from the daemon's state when scraped.
+//! counters, read from the daemon's state when scraped; and totals of what ended (jobs by final
+//! state, inputs done, input failures by kind), also read from the state when scraped.
 //!
 //! Built on `prometheus-client`, the Prometheus project's own Rust client (as the
 //! coordinator's metrics are).
@@ -31,6 +32,12 @@ struct EventLabel {
     event: String,
 }
 
+/// A `kind` label (of input failures).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 /// The daemon's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +51,9 @@ pub struct Metrics {
     jobs_running: Gauge,
     inputs: Family<StateLabel, Gauge>,
     env_events: Family<EventLabel, Counter>,
+    jobs_finished: Family<StateLabel, Counter>,
+    inputs_done: Counter,
+    input_failures: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,7 +93,28 @@ impl Metrics {
             "Environment cache: builds, hits, shared builds, failures, evictions, jobs in the node's own environment",
             env_events.clone(),
         );
+        let jobs_finished = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "jobs_finished",
+            "Jobs ended on this node, by final state (completed, failed, cancelled)",
+            jobs_finished.clone(),
+        );
+        let inputs_done = Counter::default();
+        registry.register(
+            "inputs_done",
+            "Inputs that yielded a result on this node",
+            inputs_done.clone(),
+        );
+        let input_failures = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "input_failures",
+            "Inputs that yielded a failure on this node, by kind (exception, oom, exited, killed, timeout, unpicklable_result, function_load, lost)",
+            input_failures.clone(),
+        );
         Self {
+            jobs_finished,
+            inputs_done,
+            input_failures,
             registry: Mutex::new(registry),
             requests,
             cpus,
@@ -155,6 +186,39 @@ impl Metrics {
         set(&self.inputs, "done", done);
         set(&self.inputs, "failed", failed);
 
+        // Totals only grow: mirror them into counters by their increase.
+        let mirror = |counter: &Counter, value: u64| {
+            let seen = counter.get();
+            if value > seen {
+                counter.inc_by(value - seen);
+            }
+        };
+        let totals = daemon.inner().registry.totals();
+        for (state, value) in [
+            ("completed", totals.completed),
+            ("failed", totals.failed),
+            ("cancelled", totals.cancelled),
+        ] {
+            mirror(
+                &self.jobs_finished.get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                }),
+                value,
+            );
+        }
+        mirror(&self.inputs_done, totals.inputs_done);
+        for (kind, value) in agent_proto::FailureKind::ALL
+            .iter()
+            .zip(totals.failures_by_kind)
+        {
+            mirror(
+                &self.input_failures.get_or_create(&KindLabel {
+                    kind: kind.as_str().to_owned(),
+                }),
+                value,
+            );
+        }
+
         let c = daemon.inner().envs.info().counters;
         for (event, value) in [
             ("builds", c.builds),
@@ -164,14 +228,12 @@ impl Metrics {
             ("evictions", c.evictions),
             ("node_default", c.node_default),
         ] {
-            // The cache's own counters only grow: mirror them by their increase.
-            let counter = self.env_events.get_or_create(&EventLabel {
-                event: event.to_owned(),
-            });
-            let seen = counter.get();
-            if value > seen {
-                counter.inc_by(value - seen);
-            }
+            mirror(
+                &self.env_events.get_or_create(&EventLabel {
+                    event: event.to_owned(),
+                }),
+                value,
+            );
         }
     }
 }

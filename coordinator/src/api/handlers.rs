@@ -23,6 +23,17 @@ const RESULT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Stored result frames queued for a fetching client before reading waits.
 const RESULT_QUEUE: usize = 16;
 
+/// `GET /v1/jobs/{id}/logs`.
+#[derive(Serialize)]
+struct JobLogs {
+    job_id: String,
+    /// The job's state when the page was read: a client following a running job asks again.
+    state: agent_proto::JobState,
+    entries: Vec<crate::store::LogEntry>,
+    /// Ask again from here for the rest of a long log; `None`: this was all stored now.
+    next_seq: Option<u64>,
+}
+
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
@@ -84,6 +95,27 @@ pub async fn apply(state: &State, command: Command) -> Result<Response<Body>, Er
             Ok(Body::status_response(StatusCode::NO_CONTENT))
         }
         Command::JobResults { job_id } => stored_results(state, job_id).await,
+        Command::JobLogs {
+            job_id,
+            from_seq,
+            input,
+        } => {
+            // The record first: a page read after it holds every entry the job had then.
+            let record = match state.jobs.get(&job_id) {
+                Some(handle) => handle.record(),
+                None => stored(state, &job_id).await?,
+            };
+            let page = state.store.log_page(&job_id, from_seq, input).await?;
+            Ok(Body::json_response(
+                StatusCode::OK,
+                &JobLogs {
+                    job_id,
+                    state: record.state,
+                    entries: page.entries,
+                    next_seq: page.next_seq,
+                },
+            ))
+        }
         Command::DeleteResults { job_id } => {
             if let Some(handle) = state.jobs.get(&job_id) {
                 let record = handle.record();

@@ -84,6 +84,15 @@ pub enum Command {
         /// The job.
         job_id: String,
     },
+    /// `GET /v1/jobs/{id}/logs`: a page of a job's output log.
+    JobLogs {
+        /// The job.
+        job_id: String,
+        /// First sequence number wanted.
+        from_seq: u64,
+        /// Only this input's entries, when given.
+        input: Option<u64>,
+    },
     /// `DELETE /v1/jobs/{id}/results`: forget a detached job's stored results.
     DeleteResults {
         /// The job.
@@ -107,6 +116,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/jobs/{job_id}/inputs"),
     ("GET", "/v1/jobs/{job_id}/results"),
     ("DELETE", "/v1/jobs/{job_id}/results"),
+    ("GET", "/v1/jobs/{job_id}/logs"),
 ];
 
 /// The coordinator's routes, as documented in `coordinator.json`.
@@ -130,6 +140,8 @@ pub enum Route {
     JobInputs(String),
     /// `/v1/jobs/{id}/results`
     JobResults(String),
+    /// `/v1/jobs/{id}/logs`
+    JobLogs(String),
 }
 
 impl Route {
@@ -149,6 +161,7 @@ impl Route {
             ["jobs", id] if !id.is_empty() => Self::Job((*id).to_owned()),
             ["jobs", id, "inputs"] if !id.is_empty() => Self::JobInputs((*id).to_owned()),
             ["jobs", id, "results"] if !id.is_empty() => Self::JobResults((*id).to_owned()),
+            ["jobs", id, "logs"] if !id.is_empty() => Self::JobLogs((*id).to_owned()),
             _ => return None,
         })
     }
@@ -165,13 +178,14 @@ impl Route {
             Self::Job(_) => "/v1/jobs/{job_id}",
             Self::JobInputs(_) => "/v1/jobs/{job_id}/inputs",
             Self::JobResults(_) => "/v1/jobs/{job_id}/results",
+            Self::JobLogs(_) => "/v1/jobs/{job_id}/logs",
         }
     }
 
     /// Methods the route takes, for 405 answers.
     pub fn allow(&self) -> &'static str {
         match self {
-            Self::Health | Self::Metrics => "GET",
+            Self::Health | Self::Metrics | Self::JobLogs(_) => "GET",
             Self::Nodes | Self::Jobs => "GET, POST",
             Self::Heartbeat(_) | Self::JobInputs(_) => "POST",
             Self::Job(_) | Self::JobResults(_) => "GET, DELETE",
@@ -278,6 +292,14 @@ pub async fn parse(
         (Route::Job(job_id), &Method::DELETE) => Ok(Command::CancelJob { job_id }),
         (Route::JobResults(job_id), &Method::GET) => Ok(Command::JobResults { job_id }),
         (Route::JobResults(job_id), &Method::DELETE) => Ok(Command::DeleteResults { job_id }),
+        (Route::JobLogs(job_id), &Method::GET) => {
+            let (from_seq, input) = log_query(parts.uri.query())?;
+            Ok(Command::JobLogs {
+                job_id,
+                from_seq,
+                input,
+            })
+        }
         (Route::JobInputs(job_id), &Method::POST) => Ok(Command::AddInputs {
             job_id,
             frames: FrameReader::new(body, limits.max_frame_bytes),
@@ -362,9 +384,44 @@ fn list_limit(query: Option<&str>) -> Result<usize, Error> {
     Ok(DEFAULT_LIST_LIMIT)
 }
 
+/// `from_seq` (default 0) and `input` (default all) of `GET /v1/jobs/{id}/logs`.
+fn log_query(query: Option<&str>) -> Result<(u64, Option<u64>), Error> {
+    let mut from_seq = 0;
+    let mut input = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                Error::BadQuery(format!("{name}={value} must be a whole number from 0"))
+            })
+        };
+        match name {
+            "from_seq" => from_seq = number()?,
+            "input" => input = Some(number()?),
+            _ => {
+                return Err(Error::BadQuery(format!(
+                    "{name} is not one of from_seq and input"
+                )))
+            }
+        }
+    }
+    Ok((from_seq, input))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_query_is_checked() {
+        assert_eq!(log_query(None).expect("default"), (0, None));
+        assert_eq!(
+            log_query(Some("from_seq=5&input=3")).expect("valid"),
+            (5, Some(3))
+        );
+        assert!(log_query(Some("from_seq=-1")).is_err());
+        assert!(log_query(Some("tail=3")).is_err());
+    }
 
     #[test]
     fn routes_parse() {

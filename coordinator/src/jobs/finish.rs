@@ -71,6 +71,7 @@ impl JobRun {
             message = outcome.message.as_deref().unwrap_or(""),
             "job ended"
         );
+        self.state.metrics.job_finished(outcome.state);
         self.state.store.put(record).await;
         self.state.jobs.remove(&self.handle);
         self.handle.mark_ended();

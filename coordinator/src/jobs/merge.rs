@@ -97,6 +97,7 @@ impl JobRun {
             return Ok(());
         }
         self.done += accepted;
+        self.state.metrics.inputs_done(accepted);
         self.status_dirty = true;
         let frame = match keep {
             None => frame,
@@ -125,6 +126,7 @@ impl JobRun {
             };
             self.streams[slot].release(bytes);
             self.failed += 1;
+            self.state.metrics.input_failed(failure.info.kind);
             self.status_dirty = true;
         }
         self.forward(frame).await?;
@@ -136,18 +138,21 @@ impl JobRun {
     }
 
     async fn on_output(&mut self, slot: Slot, frame: Frame) -> Result<(), Outcome> {
-        let index = match Output::from_frame(&frame) {
-            Ok(output) => output.index,
+        let output = match Output::from_frame(&frame) {
+            Ok(output) => output,
             Err(err) => {
                 warn!(job = %self.spec.job_id, slot, cause = %err, "node sent an unreadable OUTPUT; dropped");
                 return Ok(());
             }
         };
-        if index == NO_INDEX || self.inflight.owner(index) == Some(slot) {
-            self.forward(frame).await
-        } else {
-            Ok(())
+        if output.index != NO_INDEX && self.inflight.owner(output.index) != Some(slot) {
+            return Ok(());
         }
+        let at_ms = crate::store::now_ms();
+        if let Some(rows) = self.log.admit(&self.spec.job_id, &output, at_ms) {
+            self.state.store.put_logs(rows).await;
+        }
+        self.forward(frame).await
     }
 
     fn on_end(&mut self, slot: Slot, frame: Frame) -> Result<(), Outcome> {
@@ -261,6 +266,7 @@ impl JobRun {
                 format!("input {index} was lost: the nodes that could run it died and none came back within {waited} s; restart a node or add one and run it again"),
             );
             self.failed += 1;
+            self.state.metrics.input_failed(FailureKind::Lost);
             if let Err(outcome) = self.forward(Failure::new(index, info).to_frame()).await {
                 return outcome;
             }

@@ -140,6 +140,8 @@ pub struct JobRun {
     pub(super) stored_frames: u64,
     /// Inputs moved off busy nodes in the tail.
     pub(super) moved: u64,
+    /// What the job keeps of its output in the store, for `fleetmap logs`.
+    pub(super) log: crate::store::LogKeeper,
 }
 
 impl JobRun {
@@ -154,6 +156,7 @@ impl JobRun {
         admission: oneshot::Sender<Result<(), Error>>,
     ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let log = crate::store::LogKeeper::new(state.config.log_bytes_per_job);
         let mut changes = state.registry.subscribe();
         changes.mark_unchanged();
         Self {
@@ -181,6 +184,7 @@ impl JobRun {
             status_dirty: false,
             stored_frames: 0,
             moved: 0,
+            log,
         }
     }
 

@@ -2,8 +2,10 @@
 //! thread fed by a channel: admitting or finishing a job only queues a record, it never waits on
 //! disk. Reads travel the same channel, so a read sees every write queued before it (a job's
 //! results are committed before its final record). Stored results count against a disk budget
-//! checked when they are queued, so a job learns at once that it went over.
+//! checked when they are queued, so a job learns at once that it went over. Jobs' output logs
+//! (`logs`) travel the same way.
 
+mod logs;
 mod sql;
 mod writer;
 
@@ -17,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
+
+pub use logs::{LogEntry, LogKeeper, LogPage, LogRows};
 
 /// Records queued for the writer before admission waits for it.
 const QUEUE: usize = 4096;
@@ -101,6 +105,15 @@ enum Op {
         from_seq: u64,
         max_bytes: usize,
         reply: oneshot::Sender<Result<ResultPage, StoreError>>,
+    },
+    /// Append log entries.
+    Logs(LogRows),
+    /// Read a page of a job's log.
+    LogPage {
+        job_id: String,
+        from_seq: u64,
+        input: Option<u64>,
+        reply: oneshot::Sender<Result<LogPage, StoreError>>,
     },
     /// Delete a job's results; answers the payload bytes freed.
     DeleteResults(String, oneshot::Sender<Result<u64, StoreError>>),
@@ -206,6 +219,35 @@ impl Store {
                 job_id: job_id.to_owned(),
                 from_seq,
                 max_bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues log entries for writing.
+    pub async fn put_logs(&self, rows: LogRows) {
+        if self.inner.tx.send(Op::Logs(rows)).await.is_err() {
+            warn!("job log entries dropped: the store is closed");
+        }
+    }
+
+    /// Up to [`logs::PAGE_ENTRIES`] log entries of `job_id` from `from_seq` on (of input
+    /// `input` only, when given); a read sees every entry queued before it.
+    pub async fn log_page(
+        &self,
+        job_id: &str,
+        from_seq: u64,
+        input: Option<u64>,
+    ) -> Result<LogPage, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Op::LogPage {
+                job_id: job_id.to_owned(),
+                from_seq,
+                input,
                 reply,
             })
             .await

@@ -54,6 +54,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(wrap)?;
     conn.execute_batch(SCHEMA).map_err(wrap)?;
+    conn.execute_batch(super::logs::SCHEMA).map_err(wrap)?;
     migrate(&conn).map_err(wrap)?;
     conn.execute(
         "UPDATE jobs SET state = ?1, finished_at_ms = ?2, message = ?3 WHERE state IN (?4, ?5)",
@@ -188,12 +189,20 @@ pub fn put(conn: &Connection, record: &JobRecord) -> rusqlite::Result<()> {
 
 /// Deletes all but the newest [`KEEP_RECORDS`] records; records of jobs whose results are
 /// stored stay until the results are deleted.
-pub fn prune(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.execute(
+pub fn prune(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM logs WHERE job_id IN (SELECT job_id FROM jobs WHERE stored_results = 0
+         AND seq <= (SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?1))",
+        params![KEEP_RECORDS],
+    )?;
+    let pruned = tx.execute(
         "DELETE FROM jobs WHERE stored_results = 0
          AND seq <= (SELECT seq FROM jobs ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
         params![KEEP_RECORDS],
-    )
+    )?;
+    tx.commit()?;
+    Ok(pruned)
 }
 
 /// One record.

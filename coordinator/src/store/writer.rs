@@ -7,12 +7,14 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 use tracing::error;
 
+use super::logs::{self, LogRows};
 use super::{sql, JobRecord, Op, ResultRows, StoreError};
 
 /// A write gathered into a burst.
 enum Write {
     Record(JobRecord),
     Results(ResultRows),
+    Logs(LogRows),
 }
 
 /// Most writes committed in one transaction.
@@ -32,6 +34,7 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
             let write = match next {
                 Some(Op::Put(record)) => Write::Record(record),
                 Some(Op::Results(rows)) => Write::Results(rows),
+                Some(Op::Logs(rows)) => Write::Logs(rows),
                 _ => break,
             };
             burst.push(write);
@@ -49,7 +52,7 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
             burst.clear();
             if writes_since_prune >= PRUNE_EVERY {
                 writes_since_prune = 0;
-                if let Err(err) = sql::prune(&conn) {
+                if let Err(err) = sql::prune(&mut conn) {
                     error!(path = %path.display(), cause = %err, "old job records were not pruned");
                 }
             }
@@ -77,8 +80,16 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
             Some(Op::DeleteResults(job_id, reply)) => {
                 let _ = reply.send(sql::delete_results(&mut conn, &job_id).map_err(wrap));
             }
+            Some(Op::LogPage {
+                job_id,
+                from_seq,
+                input,
+                reply,
+            }) => {
+                let _ = reply.send(logs::page(&conn, &job_id, from_seq, input).map_err(wrap));
+            }
             Some(Op::Close) => return,
-            Some(Op::Put(_)) | Some(Op::Results(_)) | None => {}
+            Some(Op::Put(_)) | Some(Op::Results(_)) | Some(Op::Logs(_)) | None => {}
         }
     }
 }
@@ -89,6 +100,7 @@ fn commit(conn: &mut Connection, burst: &[Write]) -> rusqlite::Result<()> {
         match write {
             Write::Record(record) => sql::put(&tx, record)?,
             Write::Results(rows) => sql::put_results(&tx, rows)?,
+            Write::Logs(rows) => logs::put(&tx, rows)?,
         }
     }
     tx.commit()

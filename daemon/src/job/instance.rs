@@ -453,7 +453,7 @@ impl WorkerCtx<'_> {
                         u64::from_le_bytes(b)
                     }));
                 }
-                job.answered(count as u64, 0);
+                job.answered(count as u64);
                 complete_front(in_flight, sizer);
             }
             FrameKind::Failure => {
@@ -469,7 +469,7 @@ impl WorkerCtx<'_> {
                 self.forward(&failure.to_frame()).await;
                 front.answered += 1;
                 front.failed.push(failure.index);
-                job.answered(0, 1);
+                job.failed(failure.info.kind);
                 let stops = failure.info.kind.stops_job()
                     && (job.spec().stop_on_exception
                         || failure.info.kind == FailureKind::FunctionLoad);
@@ -565,8 +565,9 @@ impl WorkerCtx<'_> {
                     job.node_id(),
                 );
                 info!(index, ?death, reason = %info.message, "input's worker died");
+                let kind = info.kind;
                 self.forward(&Failure::new(index, info).to_frame()).await;
-                job.answered(0, 1);
+                job.failed(kind);
             }
         } else {
             warn!(

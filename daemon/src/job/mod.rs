@@ -17,7 +17,7 @@ pub mod supervisor;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use agent_proto::{JobEnd, JobProgress, JobSpec, JobState, JobStatus};
+use agent_proto::{FailureKind, JobEnd, JobProgress, JobSpec, JobState, JobStatus};
 use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -68,6 +68,8 @@ struct Counters {
     feeders: u32,
     done: u64,
     failed: u64,
+    /// Failures by kind, indexed like [`FailureKind::ALL`].
+    failures_by_kind: [u64; FailureKind::ALL.len()],
     instances: u64,
     /// Runs of inputs that were retried (absent: 1).
     attempts: HashMap<u64, u32>,
@@ -115,6 +117,7 @@ impl Job {
                 feeders: 0,
                 done: 0,
                 failed: 0,
+                failures_by_kind: [0; FailureKind::ALL.len()],
                 instances: 0,
                 attempts: HashMap::new(),
                 unattributed_deaths: 0,
@@ -281,15 +284,27 @@ impl Job {
         self.counters().instances = instances;
     }
 
-    /// `results` items yielded a result and `failures` a failure.
-    pub fn answered(&self, results: u64, failures: u64) {
-        self.0.queue.answered(results + failures);
+    /// `results` items yielded a result.
+    pub fn answered(&self, results: u64) {
+        self.0.queue.answered(results);
+        self.counters().done += results;
+        self.notify();
+    }
+
+    /// One item yielded a failure of `kind`.
+    pub fn failed(&self, kind: FailureKind) {
+        self.0.queue.answered(1);
         {
             let mut c = self.counters();
-            c.done += results;
-            c.failed += failures;
+            c.failed += 1;
+            c.failures_by_kind[kind as usize] += 1;
         }
         self.notify();
+    }
+
+    /// Failures so far by kind, indexed like [`FailureKind::ALL`].
+    pub fn failures_by_kind(&self) -> [u64; FailureKind::ALL.len()] {
+        self.counters().failures_by_kind
     }
 
     /// Whether every input has been answered and no more will come.
@@ -471,7 +486,8 @@ mod tests {
         assert_eq!(job.queue().pop(10).map(|c| c.len()), Some(3));
         job.end_inputs().expect("ok");
         assert!(!job.is_complete());
-        job.answered(2, 1);
+        job.answered(2);
+        job.failed(FailureKind::Exception);
         assert!(job.is_complete());
         let end = job.end();
         assert_eq!((end.done, end.failed), (2, 1));

@@ -1,9 +1,10 @@
-//! The daemon's jobs: live ones by id, and the final status of recently ended ones (bounded).
+//! The daemon's jobs: live ones by id, the final status of recently ended ones (bounded), and
+//! running totals of what ended (jobs by state, inputs done, failures by kind) for `/metrics`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use agent_proto::JobStatus;
+use agent_proto::{FailureKind, JobState, JobStatus};
 use thiserror::Error;
 
 use super::Job;
@@ -19,8 +20,35 @@ pub enum RegistryError {
     TooMany(usize),
 }
 
+/// What jobs have yielded since the daemon started: ended jobs by final state, and inputs done
+/// and failed (by kind) in ended and live jobs together, so the counts only grow.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    /// Jobs ended completed.
+    pub completed: u64,
+    /// Jobs ended failed.
+    pub failed: u64,
+    /// Jobs ended cancelled.
+    pub cancelled: u64,
+    /// Inputs that yielded a result.
+    pub inputs_done: u64,
+    /// Inputs that yielded a failure, indexed like [`FailureKind::ALL`].
+    pub failures_by_kind: [u64; FailureKind::ALL.len()],
+}
+
+impl Totals {
+    fn add_inputs(&mut self, done: u64, failures: &[u64; FailureKind::ALL.len()]) {
+        self.inputs_done += done;
+        for (total, n) in self.failures_by_kind.iter_mut().zip(failures) {
+            *total += n;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// Totals of the ended jobs.
+    finished: Totals,
     live: HashMap<String, Job>,
     ended: HashMap<String, JobStatus>,
     /// Ended job ids, oldest first (forgotten past `keep`).
@@ -107,11 +135,32 @@ impl Registry {
         self.lock().live.len()
     }
 
+    /// Totals of ended jobs plus the inputs of live ones, read under one lock so a job moving
+    /// from live to ended is counted once.
+    pub fn totals(&self) -> Totals {
+        let state = self.lock();
+        let mut totals = state.finished.clone();
+        for job in state.live.values() {
+            totals.add_inputs(job.status().done, &job.failures_by_kind());
+        }
+        totals
+    }
+
     /// Moves an ended job to the remembered ones, forgetting the oldest past the bound.
     pub fn ended(&self, job: &Job) {
         let status = job.status();
+        let failures = job.failures_by_kind();
         let mut state = self.lock();
-        state.live.remove(job.id());
+        if state.live.remove(job.id()).is_some() {
+            let finished = &mut state.finished;
+            match status.state {
+                JobState::Completed => finished.completed += 1,
+                JobState::Failed => finished.failed += 1,
+                JobState::Cancelled => finished.cancelled += 1,
+                JobState::Starting | JobState::Running => {}
+            }
+            finished.add_inputs(status.done, &failures);
+        }
         state.ended.insert(status.job_id.clone(), status);
         state.order.push_back(job.id().to_string());
         while state.order.len() > self.keep {
@@ -160,5 +209,35 @@ mod tests {
         registry.ended(&b);
         assert!(registry.status("a").is_none(), "forgotten past keep=1");
         assert_eq!(registry.list().len(), 1);
+    }
+
+    #[test]
+    fn totals_count_live_and_ended_jobs_once_and_only_grow() {
+        let registry = Registry::new(4, 1);
+        registry.insert(job("a")).expect("a");
+        registry.insert(job("b")).expect("b");
+        let a = registry.get("a").expect("live");
+        let b = registry.get("b").expect("live");
+        a.answered(5);
+        a.failed(FailureKind::Oom);
+        b.failed(FailureKind::Oom);
+        b.failed(FailureKind::Exception);
+        let live = registry.totals();
+        assert_eq!(live.inputs_done, 5);
+        assert_eq!(live.failures_by_kind[FailureKind::Oom as usize], 2);
+        assert_eq!(live.completed + live.failed + live.cancelled, 0);
+        a.finish(JobState::Completed, None);
+        registry.ended(&a);
+        registry.ended(&a); // a second report of the same end counts nothing
+        b.finish(JobState::Failed, "input 1 raised".to_string());
+        registry.ended(&b);
+        let ended = registry.totals();
+        assert_eq!((ended.completed, ended.failed, ended.cancelled), (1, 1, 0));
+        assert_eq!(ended.inputs_done, 5);
+        assert_eq!(ended.failures_by_kind[FailureKind::Oom as usize], 2);
+        assert_eq!(ended.failures_by_kind[FailureKind::Exception as usize], 1);
+        // Forgetting ended statuses past `keep` keeps their totals.
+        assert!(registry.status("a").is_none());
+        assert_eq!(registry.totals(), ended);
     }
 }

@@ -138,3 +138,58 @@ async fn values_move_while_a_job_runs() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_and_failures_are_counted_by_state_and_kind() -> Result<()> {
+    let cluster = Cluster::start(1).await?;
+    let node = cluster.daemons[0].url.clone();
+    let done = "fleetmap_coordinator_inputs_done_total";
+    let exited = "fleetmap_coordinator_input_failures_total{kind=\"exited\"}";
+    let completed = "fleetmap_coordinator_jobs_finished_total{state=\"completed\"}";
+    let before = scrape(&cluster).await?;
+    ensure!(get(&before, completed)? == 0.0 && get(&before, exited)? == 0.0);
+
+    // Every fifth input's worker exits: 4 `exited` failures, 16 results, the job completes.
+    let payloads = python::payloads(
+        "import os\ndef f(x):\n    if x % 5 == 0:\n        os._exit(3)\n    return x\n",
+        "range(20)",
+    )?;
+    let id = job_id("counted");
+    let job = whole_job(&spec(&id, 20), &payloads, 0..20, 5);
+    let (_body, mut stream) = cluster.http.submit(&cluster.coordinator.url, &job).await?;
+    let collected = Collected::from_frames(&stream.until_end(Duration::from_secs(60)).await?)?;
+    ensure!(collected.end.as_ref().map(|e| e.state) == Some(JobState::Completed));
+
+    let after = scrape(&cluster).await?;
+    ensure!(get(&after, completed)? == 1.0);
+    ensure!(
+        get(
+            &after,
+            "fleetmap_coordinator_jobs_finished_total{state=\"failed\"}"
+        )? == 0.0
+    );
+    ensure!(get(&after, done)? == 16.0, "{:?}", after.get(done));
+    ensure!(get(&after, exited)? == 4.0, "{:?}", after.get(exited));
+    ensure!(
+        get(
+            &after,
+            "fleetmap_coordinator_input_failures_total{kind=\"oom\"}"
+        )? == 0.0
+    );
+
+    let on_node = scrape_url(&cluster, &node).await?;
+    ensure!(
+        get(
+            &on_node,
+            "fleetmap_daemon_jobs_finished_total{state=\"completed\"}"
+        )? == 1.0
+    );
+    ensure!(get(&on_node, "fleetmap_daemon_inputs_done_total")? == 16.0);
+    ensure!(
+        get(
+            &on_node,
+            "fleetmap_daemon_input_failures_total{kind=\"exited\"}"
+        )? == 4.0
+    );
+    Ok(())
+}
