@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod check;
 pub mod config;
 pub mod conn;
 pub mod coordinator;

@@ -143,6 +143,11 @@ struct Args {
     /// How long SIGTERM waits for running jobs to finish before stopping them.
     #[arg(long, default_value_t = 300)]
     drain_timeout_s: u64,
+    /// Probe what this machine offers this configuration (CPUs/RAM, state dir, cgroups,
+    /// worker Python, Docker, GPUs) and exit: 0 when it can serve it, 1 when not. Also
+    /// spelled `fleetmapd check [FLAGS]`.
+    #[arg(long)]
+    check: bool,
     /// TEST ONLY: advertise N simulated one-CPU, 1-GiB slots that share the real CPUs (needs
     /// --cgroups off). For coordinator scale benchmarks; never for real work.
     #[arg(long, value_name = "N")]
@@ -175,9 +180,9 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = fleetmap_service_config::parse("FLEETMAPD_");
+    let cli: Cli = parse_cli();
     let args = cli.serve;
-    if cli.command.is_none() {
+    if cli.command.is_none() && !args.check {
         init_tracing(args.log_format);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -196,6 +201,16 @@ fn main() -> ExitCode {
             addr_file,
             json,
         }) => runtime.block_on(envs_cli::show(url, addr_file, json)),
+        None if args.check => {
+            return match runtime.block_on(check(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(err) => {
+                    eprintln!("fleetmapd: {err:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         None => runtime.block_on(serve(args)),
     };
     match outcome {
@@ -208,10 +223,30 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+/// The command line, layered over the settings file and the environment; a leading `check`
+/// word is `--check` (`fleetmapd check --config /etc/fleetmap/fleetmapd.toml`).
+fn parse_cli() -> Cli {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|word| word == "check") {
+        argv[1] = "--check".into();
+    }
+    let lookup = |name: &str| std::env::var(name).ok();
+    match fleetmap_service_config::try_parse_from(argv, &lookup, "FLEETMAPD_") {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    }
+}
+
+/// Prints what this machine offers the configuration; whether it can serve it.
+async fn check(args: Args) -> anyhow::Result<bool> {
+    let (config, _) = config_from(args)?;
+    let report = fleetmapd::check::check(&config).await;
+    print!("{}", report.render());
+    Ok(report.passed())
+}
+
+/// The daemon's configuration from its flags, and the drain timeout.
+fn config_from(args: Args) -> anyhow::Result<(Config, Duration)> {
     let (Some(node_id), Some(state_dir), Some(worker_python)) =
         (args.node_id, args.state_dir, args.worker_python)
     else {
@@ -251,8 +286,6 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         config.simulated_slots = Some(slots);
     }
-    let drain = Drain::new();
-    config.drain = drain.clone();
     let drain_timeout = Duration::from_secs(args.drain_timeout_s);
     config.container_network = match args.container_network {
         NetworkArg::Bridge => "bridge".to_string(),
@@ -263,6 +296,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.env_warm_max = args.env_warm_max;
     config.scratch_bytes = args.scratch_mib.saturating_mul(1 << 20);
     config.env_pool_size = args.env_pool_size;
+    Ok((config, drain_timeout))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let listen = args.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let (mut config, drain_timeout) = config_from(args)?;
+    let drain = Drain::new();
+    config.drain = drain.clone();
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {
