@@ -141,6 +141,9 @@ pub enum Error {
     /// More inputs after INPUTS_END.
     #[error("job {0} already received INPUTS_END; it takes no more inputs")]
     InputsClosed(String),
+    /// A detached job's input could not be stored (over the result budget); the job fails.
+    #[error("{0}")]
+    InputsRefused(String),
     /// A limit on concurrent use was reached.
     #[error("{0}")]
     TooMany(String),
@@ -205,7 +208,7 @@ impl Error {
             Self::ApiKey(_) => ErrorCode::Internal,
             // The job exists; its results do not (not detached, or deleted).
             Self::NoResults(_) | Self::StillRunning { .. } => ErrorCode::Conflict,
-            Self::ResultBudget { .. } => ErrorCode::PayloadTooLarge,
+            Self::ResultBudget { .. } | Self::InputsRefused(_) => ErrorCode::PayloadTooLarge,
             Self::BadJson { .. }
             | Self::BadQuery(_)
             | Self::BodyRead(_)

@@ -47,6 +47,8 @@ pub async fn run(
         state.shutdown.clone(),
     ));
 
+    crate::jobs::resume_all(&state);
+
     tokio::select! {
         result = accept_loop(&listener, &state) => {
             if let Err(err) = &result {
@@ -57,8 +59,9 @@ pub async fn run(
     }
     drop(listener);
 
-    state.jobs.cancel_all("the coordinator is shutting down");
+    // Shutdown first: a detached job cancelled by it stays resumable (see `jobs::finish`).
     state.shutdown.cancel();
+    state.jobs.cancel_all("the coordinator is shutting down");
     state.tasks.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.tasks.wait())
         .await

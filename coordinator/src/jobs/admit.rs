@@ -5,7 +5,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::inputs::pump_submission;
+use super::inputs::{pump_submission, ClientInput};
+use super::keep_inputs::InputKeeper;
 use super::plan::{self, Placement};
 use super::run::JobRun;
 use super::JobHandle;
@@ -33,7 +34,7 @@ pub async fn submit(state: &State, submission: Submission) -> Result<http::Respo
         return Err(Error::JobExists(spec.job_id.clone()));
     }
     let created_at_ms = now_ms();
-    let placements = match place(state, &spec).await {
+    let placements = match place(state, &spec, state.config.node_wait).await {
         Ok(placements) => placements,
         Err(err) => {
             record_refusal(state, &spec, created_at_ms, &err).await;
@@ -42,6 +43,11 @@ pub async fn submit(state: &State, submission: Submission) -> Result<http::Respo
     };
     let (handle, inputs) = JobHandle::new(&spec, created_at_ms);
     state.jobs.insert(handle.clone())?;
+    let initial = if spec.detach {
+        keep_detached(state, &handle, &spec, &function, initial).await
+    } else {
+        initial
+    };
     debug!(
         job = %spec.job_id,
         func_cpu = spec.func_cpu,
@@ -75,11 +81,45 @@ pub async fn submit(state: &State, submission: Submission) -> Result<http::Respo
     }
 }
 
-/// Waits up to the node wait for a live node, then places the job on the live nodes.
-async fn place(state: &State, spec: &agent_proto::JobSpec) -> Result<Vec<Placement>, Error> {
+/// Stores what resumes a detached job (spec, function, the inputs that came with it) before
+/// the job task starts, and makes the rest of its inputs stored as they arrive.
+async fn keep_detached(
+    state: &State,
+    handle: &JobHandle,
+    spec: &agent_proto::JobSpec,
+    function: &bytes::Bytes,
+    initial: Vec<ClientInput>,
+) -> Vec<ClientInput> {
+    let spec_json = serde_json::to_string(spec).unwrap_or_default();
+    state
+        .store
+        .put_detached(crate::store::DetachedWrite::Job {
+            job_id: spec.job_id.clone(),
+            spec: spec_json,
+            function: function.clone(),
+        })
+        .await;
+    handle.keep_inputs(InputKeeper::new(
+        state.store.clone(),
+        &spec.job_id,
+        state.config.results_budget_bytes,
+    ));
+    let mut kept = Vec::with_capacity(initial.len());
+    for input in initial {
+        kept.push(super::inputs::kept(handle, input).await);
+    }
+    kept
+}
+
+/// Waits up to `wait` for a live node, then places the job on the live nodes.
+pub(super) async fn place(
+    state: &State,
+    spec: &agent_proto::JobSpec,
+    wait: std::time::Duration,
+) -> Result<Vec<Placement>, Error> {
     plan::check_environment(spec)?;
     let started = Instant::now();
-    let deadline = started + state.config.node_wait;
+    let deadline = started + wait;
     let mut changes = state.registry.subscribe();
     loop {
         changes.mark_unchanged();

@@ -63,6 +63,7 @@ impl JobRun {
                 format!("the client disconnected: {reason}"),
             )),
             ClientInput::Disconnected(_) => Ok(()),
+            ClientInput::Refused(reason) => Err(Outcome::failed(reason)),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The end of a job: cancel its parts on the nodes (all at once, each bounded by the cancel
-//! timeout), send END, record the outcome and leave the live table.
+//! timeout), send END, record the outcome and leave the live table (a detached job stopped by
+//! the coordinator's shutdown is left `running` in the store, to be resumed).
 
 use std::time::Duration;
 
@@ -71,8 +72,21 @@ impl JobRun {
             message = outcome.message.as_deref().unwrap_or(""),
             "job ended"
         );
-        self.state.metrics.job_finished(outcome.state);
-        self.state.store.put(record).await;
+        // A detached job with all its inputs stored that only the coordinator's shutdown
+        // stopped stays `running` in the store: the next start resumes it.
+        let keeper = self.handle.keeper();
+        let suspended = outcome.state == JobState::Cancelled
+            && self.state.shutdown.is_cancelled()
+            && keeper.is_some_and(|k| k.is_complete());
+        if suspended {
+            info!(job = %job_id, "detached job suspended by the shutdown; the next coordinator start on this database resumes it");
+        } else {
+            if let Some(keeper) = keeper {
+                keeper.forget().await;
+            }
+            self.state.metrics.job_finished(outcome.state);
+            self.state.store.put(record).await;
+        }
         self.state.jobs.remove(&self.handle);
         self.handle.mark_ended();
     }

@@ -58,6 +58,8 @@ pub struct JobHandle {
     /// Nodes the job has an active stream on (for `GET /v1/nodes`). std Mutex: replaced
     /// whole when streams change, never held across an await.
     nodes: Mutex<Vec<String>>,
+    /// A detached job's stored inputs (set once, at admission or resumption).
+    keeper: OnceLock<super::keep_inputs::InputKeeper>,
 }
 
 impl JobHandle {
@@ -75,6 +77,7 @@ impl JobHandle {
             cancel_reason: OnceLock::new(),
             ended: CancellationToken::new(),
             nodes: Mutex::new(Vec::new()),
+            keeper: OnceLock::new(),
             live: Live {
                 created_at_ms,
                 func_cpu: spec.func_cpu,
@@ -98,6 +101,16 @@ impl JobHandle {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `keeper` keep this (detached) job's inputs; only the first call counts.
+    pub fn keep_inputs(&self, keeper: super::keep_inputs::InputKeeper) {
+        let _ = self.keeper.set(keeper);
+    }
+
+    /// The keeper of a detached job's inputs.
+    pub fn keeper(&self) -> Option<&super::keep_inputs::InputKeeper> {
+        self.keeper.get()
     }
 
     /// Asks the job to stop; the first reason given wins.

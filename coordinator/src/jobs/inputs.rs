@@ -29,6 +29,8 @@ pub enum ClientInput {
     Invalid(String),
     /// The submission's body could not be read: the client went away.
     Disconnected(String),
+    /// The input could not be kept (a detached job over the store's budget): the job fails.
+    Refused(String),
 }
 
 impl ClientInput {
@@ -80,6 +82,7 @@ pub async fn pump_submission(
             }
             handle.other_feeders_done().await;
         }
+        let input = kept(&handle, input).await;
         if !queue(&handle, input).await || last {
             debug!(job = %handle.job_id, "submission body done");
             return;
@@ -111,14 +114,41 @@ pub async fn push_inputs(handle: &Arc<JobHandle>, mut frames: ClientFrames) -> R
             handle.other_feeders_done().await;
         }
         let end = matches!(input, ClientInput::End);
+        let input = kept(handle, input).await;
+        let refused = match &input {
+            ClientInput::Refused(reason) => Some(reason.clone()),
+            _ => None,
+        };
         if !queue(handle, input).await {
             return Err(Error::JobEnded {
                 job_id: handle.job_id.clone(),
                 state: handle.state(),
             });
         }
+        if let Some(reason) = refused {
+            return Err(Error::InputsRefused(reason));
+        }
         if end {
             return Ok(());
         }
+    }
+}
+
+/// A detached job stores `input` before the job task sees it (so a restarted coordinator can
+/// resume the job); an input that does not fit becomes the refusal that fails the job.
+pub async fn kept(handle: &JobHandle, input: ClientInput) -> ClientInput {
+    let Some(keeper) = handle.keeper() else {
+        return input;
+    };
+    match &input {
+        ClientInput::Batch { frame, .. } => match keeper.keep(frame).await {
+            Ok(()) => input,
+            Err(reason) => ClientInput::Refused(reason),
+        },
+        ClientInput::End => {
+            keeper.complete().await;
+            input
+        }
+        _ => input,
     }
 }

@@ -14,15 +14,18 @@ pub mod gpu;
 mod handle;
 pub mod inflight;
 mod inputs;
+mod keep_inputs;
 mod merge;
 pub mod node_stream;
 pub mod plan;
 mod rebalance;
+mod resume;
 mod run;
 mod streams;
 
 pub use admit::submit;
 pub use handle::{JobHandle, Jobs};
 pub use inputs::{push_inputs, ClientInput};
+pub use resume::resume_all;
 pub use run::Outcome;
 pub use streams::{Loss, StreamState};

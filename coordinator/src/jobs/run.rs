@@ -142,6 +142,8 @@ pub struct JobRun {
     pub(super) moved: u64,
     /// What the job keeps of its output in the store, for `fleetmap logs`.
     pub(super) log: crate::store::LogKeeper,
+    /// Times a restarted coordinator resumed this (detached) job.
+    pub(super) resumes: u32,
 }
 
 impl JobRun {
@@ -185,6 +187,7 @@ impl JobRun {
             stored_frames: 0,
             moved: 0,
             log,
+            resumes: 0,
         }
     }
 

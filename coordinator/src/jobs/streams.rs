@@ -149,7 +149,11 @@ impl JobRun {
     /// Opens a stream of `share` instances on a node and returns its slot.
     pub(super) fn open_stream(&mut self, node_id: &str, address: &str, share: u64) -> Slot {
         let slot = self.streams.len();
-        let node_job_id = if self.streams.iter().any(|s| s.node_id == node_id) {
+        let node_job_id = if self.resumes > 0 {
+            // Resumed by a restarted coordinator: the nodes may remember the earlier runs.
+            let prefix: String = self.spec.job_id.chars().take(48).collect();
+            format!("{prefix}-x{}r{slot}", self.resumes)
+        } else if self.streams.iter().any(|s| s.node_id == node_id) {
             // Same job on the same node again (it came back): a fresh id avoids a conflict
             // with what the node may remember of the first attempt.
             let prefix: String = self.spec.job_id.chars().take(56).collect();

@@ -5,6 +5,7 @@
 //! checked when they are queued, so a job learns at once that it went over. Jobs' output logs
 //! (`logs`) travel the same way.
 
+mod detached;
 mod logs;
 mod sql;
 mod writer;
@@ -20,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
+pub use detached::{DetachedWrite, Resumable};
 pub use logs::{LogEntry, LogKeeper, LogPage, LogRows};
 
 /// Records queued for the writer before admission waits for it.
@@ -108,6 +110,13 @@ enum Op {
     },
     /// Append log entries.
     Logs(LogRows),
+    /// Keep or forget what resumes a detached job.
+    Detached(DetachedWrite),
+    /// Read a detached job's stored INPUTS bodies.
+    DetachedInputs(
+        String,
+        oneshot::Sender<Result<Vec<bytes::Bytes>, StoreError>>,
+    ),
     /// Read a page of a job's log.
     LogPage {
         job_id: String,
@@ -137,6 +146,8 @@ struct Inner {
     results_budget: u64,
     /// std Mutex: only touched at close, never across an await.
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Detached jobs the previous run left running, until taken (std Mutex: taken once).
+    resumable: Mutex<Vec<Resumable>>,
 }
 
 /// Cheap cloneable handle to the job store.
@@ -154,11 +165,13 @@ impl Store {
 
     /// Like [`Store::open`], holding at most `results_budget` bytes of stored results.
     pub fn open_with_budget(path: &Path, results_budget: u64) -> Result<Self, StoreError> {
-        let conn = sql::open(path)?;
-        let stored = sql::results_bytes(&conn).map_err(|source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        })?;
+        let (conn, resumable) = sql::open(path)?;
+        let stored = sql::results_bytes(&conn)
+            .and_then(|results| Ok(results + detached::inputs_bytes(&conn)?))
+            .map_err(|source| StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            })?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let path = path.to_owned();
         let thread = std::thread::Builder::new()
@@ -171,6 +184,7 @@ impl Store {
                 results_bytes: AtomicU64::new(stored),
                 results_budget,
                 thread: Mutex::new(Some(thread)),
+                resumable: Mutex::new(resumable),
             }),
         })
     }
@@ -221,6 +235,47 @@ impl Store {
                 max_bytes,
                 reply,
             })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The detached jobs a previous coordinator left running with all their inputs stored
+    /// (their records still say running); empty after the first call.
+    pub fn take_resumable(&self) -> Vec<Resumable> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .resumable
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Queues a write about a running detached job (stored inputs' bytes must have been
+    /// reserved with [`Store::reserve_results`]).
+    pub async fn put_detached(&self, write: DetachedWrite) {
+        if self.inner.tx.send(Op::Detached(write)).await.is_err() {
+            warn!("detached job write dropped: the store is closed");
+        }
+    }
+
+    /// Gives back `bytes` of the result budget (a detached job's stored inputs, once it ended).
+    pub fn release_results(&self, bytes: u64) {
+        let _ =
+            self.inner
+                .results_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_sub(bytes))
+                });
+    }
+
+    /// The stored INPUTS bodies of a detached job, in arrival order.
+    pub async fn detached_inputs(&self, job_id: &str) -> Result<Vec<bytes::Bytes>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Op::DetachedInputs(job_id.to_owned(), reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -387,6 +442,75 @@ mod tests {
         );
         let b = store.get("b").await.expect("reads").expect("kept");
         assert_eq!(b.state, JobState::Completed);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn detached_jobs_with_all_inputs_stored_stay_running_to_be_resumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobs.db");
+        let store = Store::open(&path).expect("opens");
+        for (id, complete) in [("whole", true), ("partial", false)] {
+            store.put(record(id, 1, JobState::Running)).await;
+            store
+                .put_detached(DetachedWrite::Job {
+                    job_id: id.into(),
+                    spec: "{}".into(),
+                    function: bytes::Bytes::from_static(b"fn"),
+                })
+                .await;
+            for seq in 0..2 {
+                store
+                    .put_detached(DetachedWrite::Inputs {
+                        job_id: id.into(),
+                        seq,
+                        body: bytes::Bytes::from(vec![seq as u8; 10]),
+                    })
+                    .await;
+            }
+            if complete {
+                store
+                    .put_detached(DetachedWrite::InputsComplete(id.into()))
+                    .await;
+            }
+        }
+        store.close().await;
+
+        let store = Store::open(&path).expect("reopens");
+        let resumable = store.take_resumable();
+        assert_eq!(resumable.len(), 1, "{resumable:?}");
+        assert_eq!(resumable[0].record.job_id, "whole");
+        assert_eq!(&resumable[0].function[..], b"fn");
+        assert!(store.take_resumable().is_empty(), "taken once");
+        assert_eq!(
+            store.results_bytes(),
+            20,
+            "stored inputs count against the budget"
+        );
+        let whole = store.get("whole").await.expect("reads").expect("kept");
+        assert_eq!(whole.state, JobState::Running);
+        let partial = store.get("partial").await.expect("reads").expect("kept");
+        assert_eq!(
+            partial.state,
+            JobState::Failed,
+            "inputs were not all stored"
+        );
+        let inputs = store.detached_inputs("whole").await.expect("reads");
+        assert_eq!(inputs.len(), 2);
+        assert_eq!(&inputs[1][..], &[1u8; 10][..]);
+        assert!(store
+            .detached_inputs("partial")
+            .await
+            .expect("reads")
+            .is_empty());
+        store
+            .put_detached(DetachedWrite::Forget("whole".into()))
+            .await;
+        assert!(store
+            .detached_inputs("whole")
+            .await
+            .expect("reads")
+            .is_empty());
         store.close().await;
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use agent_proto::{Frame, FrameKind, JobState};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::detached::Resumable;
 use super::{now_ms, JobRecord, ResultPage, ResultRows, StoreError};
 
 /// Records kept; older ones are deleted as new ones arrive.
@@ -38,8 +39,9 @@ CREATE TABLE IF NOT EXISTS results (
 const COLUMNS: &str =
     "job_id, state, created_at_ms, finished_at_ms, inputs, done, failed, func_cpu, func_ram_gb, message, stored_results";
 
-/// Opens the database, applies pragmas and schema, and fails jobs a previous run left open.
-pub fn open(path: &Path) -> Result<Connection, StoreError> {
+/// Opens the database, applies pragmas and schema, and fails the jobs a previous run left open
+/// except the detached ones it can resume, which it returns.
+pub fn open(path: &Path) -> Result<(Connection, Vec<Resumable>), StoreError> {
     let wrap = |source| StoreError::Sqlite {
         path: path.to_owned(),
         source,
@@ -55,9 +57,12 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         .map_err(wrap)?;
     conn.execute_batch(SCHEMA).map_err(wrap)?;
     conn.execute_batch(super::logs::SCHEMA).map_err(wrap)?;
+    conn.execute_batch(super::detached::SCHEMA).map_err(wrap)?;
     migrate(&conn).map_err(wrap)?;
+    let resumable = super::detached::take_resumable(&conn).map_err(wrap)?;
     conn.execute(
-        "UPDATE jobs SET state = ?1, finished_at_ms = ?2, message = ?3 WHERE state IN (?4, ?5)",
+        "UPDATE jobs SET state = ?1, finished_at_ms = ?2, message = ?3 WHERE state IN (?4, ?5)
+         AND job_id NOT IN (SELECT job_id FROM detached_jobs)",
         params![
             JobState::Failed.as_str(),
             now_ms() as i64,
@@ -67,7 +72,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         ],
     )
     .map_err(wrap)?;
-    Ok(conn)
+    Ok((conn, resumable))
 }
 
 /// Adds the columns later versions introduced to a database an earlier version created.

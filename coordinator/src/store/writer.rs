@@ -7,6 +7,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 use tracing::error;
 
+use super::detached::{self, DetachedWrite};
 use super::logs::{self, LogRows};
 use super::{sql, JobRecord, Op, ResultRows, StoreError};
 
@@ -15,6 +16,7 @@ enum Write {
     Record(JobRecord),
     Results(ResultRows),
     Logs(LogRows),
+    Detached(DetachedWrite),
 }
 
 /// Most writes committed in one transaction.
@@ -35,6 +37,7 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
                 Some(Op::Put(record)) => Write::Record(record),
                 Some(Op::Results(rows)) => Write::Results(rows),
                 Some(Op::Logs(rows)) => Write::Logs(rows),
+                Some(Op::Detached(write)) => Write::Detached(write),
                 _ => break,
             };
             burst.push(write);
@@ -88,8 +91,11 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
             }) => {
                 let _ = reply.send(logs::page(&conn, &job_id, from_seq, input).map_err(wrap));
             }
+            Some(Op::DetachedInputs(job_id, reply)) => {
+                let _ = reply.send(detached::inputs(&conn, &job_id).map_err(wrap));
+            }
             Some(Op::Close) => return,
-            Some(Op::Put(_)) | Some(Op::Results(_)) | Some(Op::Logs(_)) | None => {}
+            Some(Op::Put(_) | Op::Results(_) | Op::Logs(_) | Op::Detached(_)) | None => {}
         }
     }
 }
@@ -101,6 +107,7 @@ fn commit(conn: &mut Connection, burst: &[Write]) -> rusqlite::Result<()> {
             Write::Record(record) => sql::put(&tx, record)?,
             Write::Results(rows) => sql::put_results(&tx, rows)?,
             Write::Logs(rows) => logs::put(&tx, rows)?,
+            Write::Detached(write) => detached::put(&tx, write)?,
         }
     }
     tx.commit()

@@ -97,7 +97,7 @@ async fn detached_results_survive_a_coordinator_restart() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_detached_job_over_the_result_budget_fails_with_a_sentence() -> anyhow::Result<()> {
-    let cluster = Cluster::start_with(1, &["--results-budget-bytes", "2000"]).await?;
+    let cluster = Cluster::start_with(1, &["--results-budget-bytes", "8000"]).await?;
     let payloads = python::payloads("def f(x):\n    return 'y' * 100\n", "range(200)")?;
     let id = job_id("budget");
     let mut job = spec(&id, 200);
@@ -113,4 +113,95 @@ async fn a_detached_job_over_the_result_budget_fails_with_a_sentence() -> anyhow
     let message = end.message.unwrap_or_default();
     assert!(message.contains("--results-budget-bytes"), "{message}");
     Ok(())
+}
+
+/// Waits until the job record says `state`, up to `timeout`.
+async fn wait_state(
+    cluster: &Cluster,
+    id: &str,
+    state: &str,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let record = cluster.get(&format!("/v1/jobs/{id}")).await?;
+        if record["state"] == state {
+            return Ok(record);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "job never reached {state}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A detached job of `n` slow inputs is submitted, the coordinator is stopped by `stop` once
+/// some results are stored, started again on the same database and address, and the job
+/// finishes there: every input answered exactly once, with the right value.
+async fn resumes_after(stop: impl FnOnce(&mut Coordinator)) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(1).await?;
+    let n = 400;
+    let source = "import time\ndef f(x):\n    time.sleep(0.01)\n    return x * 3\n";
+    let payloads = python::payloads(source, &format!("range({n})"))?;
+    let id = job_id("resume");
+    let mut job = spec(&id, n as u64);
+    job.detach = true;
+    let first = whole_job(&job, &payloads, 0..n, 50);
+    let (body, stream) = cluster
+        .http
+        .submit(&cluster.coordinator.url, &first)
+        .await?;
+    drop(stream);
+    drop(body);
+    // Some answers stored, most not.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = cluster.get(&format!("/v1/jobs/{id}")).await?;
+        let done = record["done"].as_u64().unwrap_or(0);
+        if done >= 40 {
+            assert!(
+                done < n as u64 / 2,
+                "the job ran too fast to be interrupted: {record}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {record}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listen = cluster
+        .coordinator
+        .url
+        .trim_start_matches("http://")
+        .to_owned();
+    stop(&mut cluster.coordinator);
+    cluster.coordinator = Coordinator::start_on(cluster.dir.path(), &listen, &[])?;
+    let record = wait_state(&cluster, &id, "completed", Duration::from_secs(90)).await?;
+    assert_eq!(record["done"], n as u64, "{record}");
+    assert_eq!(record["failed"], 0, "{record}");
+
+    let response = cluster
+        .http
+        .request(
+            Method::GET,
+            &format!("{}/v1/jobs/{id}/results", cluster.coordinator.url),
+            fleetmap_e2e::http::body_channel().1,
+        )
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let mut stored = ResultStream::new(response.into_body());
+    let collected = Collected::from_frames(&stored.until_end(Duration::from_secs(60)).await?)?;
+    assert_eq!(collected.each_index_once()?, n);
+    assert_eq!(python::check_results(&collected.results, "i * 3")?, n);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_detached_job_resumes_after_the_coordinator_is_killed() -> anyhow::Result<()> {
+    resumes_after(|coordinator| coordinator.proc.kill()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_detached_job_resumes_after_the_coordinator_is_stopped() -> anyhow::Result<()> {
+    resumes_after(|coordinator| coordinator.proc.stop(Duration::from_secs(10))).await
 }
