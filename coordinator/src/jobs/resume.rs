@@ -28,9 +28,11 @@ pub fn resume_all(state: &State) {
         let state = state.clone();
         state.tasks.clone().spawn(async move {
             let job_id = job.record.job_id.clone();
+            let input_bytes = job.input_bytes;
             if let Err(message) = resume(&state, job).await {
                 warn!(job = %job_id, cause = %message, "detached job not resumed");
                 fail(&state, &job_id, message).await;
+                state.store.release_results(input_bytes);
             }
         });
     }
@@ -90,7 +92,6 @@ async fn resume(state: &State, job: Resumable) -> Result<(), String> {
         .detached_inputs(&job_id)
         .await
         .map_err(|err| format!("cannot read its stored inputs: {err}"))?;
-    let stored_bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
     let before = answered(state, &job_id).await?;
     let mut total = 0u64;
     let mut initial = Vec::new();
@@ -123,7 +124,7 @@ async fn resume(state: &State, job: Resumable) -> Result<(), String> {
     handle.keep_inputs(InputKeeper::resumed(
         state.store.clone(),
         &job_id,
-        stored_bytes,
+        job.input_bytes,
     ));
     state
         .jobs

@@ -65,6 +65,8 @@ pub struct Resumable {
     pub function: bytes::Bytes,
     /// Times it was resumed before.
     pub resumes: u32,
+    /// Payload bytes of its stored inputs (reserved in the result budget).
+    pub input_bytes: u64,
 }
 
 /// Applies one write.
@@ -127,25 +129,30 @@ pub fn take_resumable(conn: &Connection) -> rusqlite::Result<Vec<Resumable>> {
         "DELETE FROM detached_inputs WHERE job_id NOT IN (SELECT job_id FROM detached_jobs)",
         [],
     )?;
-    let mut statement =
-        conn.prepare("SELECT job_id, spec, function, resumes FROM detached_jobs")?;
+    let mut statement = conn.prepare(
+        "SELECT job_id, spec, function, resumes,
+            (SELECT COALESCE(SUM(length(body)), 0) FROM detached_inputs i WHERE i.job_id = d.job_id)
+         FROM detached_jobs d",
+    )?;
     let rows = statement.query_map([], |row| {
         Ok((
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
             row.get::<_, Vec<u8>>(2)?,
             row.get::<_, i64>(3)?,
+            row.get::<_, i64>(4)?,
         ))
     })?;
     let mut resumable = Vec::new();
     for row in rows {
-        let (job_id, spec, function, resumes) = row?;
+        let (job_id, spec, function, resumes, input_bytes) = row?;
         if let Some(record) = sql::get(conn, &job_id)? {
             resumable.push(Resumable {
                 record,
                 spec,
                 function: function.into(),
                 resumes: u32::try_from(resumes).unwrap_or(u32::MAX),
+                input_bytes: u64::try_from(input_bytes).unwrap_or(0),
             });
         }
     }

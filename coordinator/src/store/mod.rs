@@ -481,6 +481,7 @@ mod tests {
         assert_eq!(resumable.len(), 1, "{resumable:?}");
         assert_eq!(resumable[0].record.job_id, "whole");
         assert_eq!(&resumable[0].function[..], b"fn");
+        assert_eq!(resumable[0].input_bytes, 20);
         assert!(store.take_resumable().is_empty(), "taken once");
         assert_eq!(
             store.results_bytes(),
