@@ -520,3 +520,126 @@ async fn fleetmapd_envs_prints_the_cache() {
     );
     daemon.stop().await;
 }
+
+/// Writes a wheel of distribution `name` holding `mib` MiB of incompressible data into `dir`;
+/// its path.
+fn big_wheel(dir: &Path, name: &str, mib: u32) -> PathBuf {
+    let script = r#"
+import base64, hashlib, os, sys, zipfile
+out, name, mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+wheel = os.path.join(out, f"{name}-1.0-py3-none-any.whl")
+files = {
+    f"{name}/__init__.py": b"",
+    f"{name}/blob.bin": os.urandom(mib << 20),
+    f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
+    f"{name}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: fleetmap-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as z:
+    for path, data in files.items():
+        z.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-1.0.dist-info/RECORD,,")
+    z.writestr(f"{name}-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+print(wheel)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(name)
+        .arg(mib.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed ({status}); it needs root"));
+        }
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_build_that_fills_the_disk_fails_with_what_to_do_and_leaves_nothing() {
+    require_python!();
+    let disk = match SmallDisk::mount(48) {
+        Ok(disk) => disk,
+        Err(why) => {
+            if std::env::var("FLEETMAP_REQUIRE_CGROUPS").as_deref() == Ok("1") {
+                panic!("FLEETMAP_REQUIRE_CGROUPS=1 (root) but {why}");
+            }
+            eprintln!("SKIPPED {}: needs a small tmpfs: {why}", module_path!());
+            return;
+        }
+    };
+    let wheels = tempfile::tempdir().expect("wheels");
+    let wheel = big_wheel(wheels.path(), "fleetmap_test_big", 64);
+    let state = disk.dir.path().join("state");
+    let daemon = start_process("env-full", |config| {
+        config.state_dir = state.clone();
+    })
+    .await;
+    let version = function("module_version", Some("six"));
+    let big = EnvSpec::Packages {
+        packages: vec![format!("fleetmap_test_big @ file://{}", wheel.display())],
+    };
+    let out = run_job(daemon.addr, &job("env-full", big), &version, 0..2).await;
+    assert_eq!(out.end().state, JobState::Failed, "{:?}", out.end());
+    let message = out.end().message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("the node's disk is full")
+            && message.contains(&state.join("envs").display().to_string())
+            && message.contains("--env-disk-budget-gb"),
+        "{message}"
+    );
+    assert!(out.results.is_empty(), "no input ran");
+    let leftovers: Vec<String> = std::fs::read_dir(state.join("envs"))
+        .expect("envs dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".building-") || name.starts_with("venv-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "half-built environments left: {leftovers:?}"
+    );
+    let info = envs(&daemon).await;
+    assert_eq!(info.counters.failures, 1, "{info:?}");
+
+    // The daemon goes on serving, and a build that fits succeeds on the same disk.
+    let bare = EnvSpec::Packages { packages: vec![] };
+    let out = run_job(daemon.addr, &job("env-after-full", bare), &version, 0..1).await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    assert_eq!(results_str(&out, 1), vec!["missing"]);
+    daemon.stop().await;
+    drop(disk);
+}

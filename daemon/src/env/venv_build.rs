@@ -5,7 +5,9 @@
 //! directory holding only that package (after site-packages, so an installed one wins).
 //!
 //! A venv is built under `.building-<key>` and renamed into place when complete, so a
-//! half-built venv is never used; leftovers of an interrupted build are removed at start.
+//! half-built venv is never used: a failed build removes it, and leftovers of an interrupted
+//! build are removed at start. A build that runs out of disk says so (the node's disk, not the
+//! requirements, is what to fix).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -125,10 +127,18 @@ impl VenvBuilder {
             .root
             .join(format!(".building-{}", &key[..key.len().min(32)]));
         let _ = std::fs::remove_dir_all(&tmp);
+        // Removes the half-built venv on every way out but the rename into place.
+        let building = Building(Some(tmp.clone()));
+        let root = self.root.clone();
         let failed = |message: String| {
+            let tail = log.tail();
+            if let Some(full) = disk_full(&root, &message, &tail) {
+                return EnvError::BuildFailed(format!(
+                    "{full}\n--- last lines of the build log ---\n{tail}"
+                ));
+            }
             EnvError::BuildFailed(format!(
-                "the environment venv failed to build: {message}; fix the requirements (verbose=True streams the build log)\n--- last lines of the build log ---\n{}",
-                log.tail()
+                "the environment venv failed to build: {message}; fix the requirements (verbose=True streams the build log)\n--- last lines of the build log ---\n{tail}"
             ))
         };
         let mut venv = Command::new(&self.python);
@@ -144,7 +154,7 @@ impl VenvBuilder {
             site.join("_fleetmap_support.pth"),
             format!("{}\n", self.support.display()),
         )
-        .map_err(|e| EnvError::Node(format!("write {}: {e}", site.display())))?;
+        .map_err(|e| failed(format!("write {}: {e}", site.display())))?;
         let venv_python = tmp.join("bin").join("python");
         let mut requirements = requirements.to_vec();
         let mut notes = Vec::new();
@@ -166,7 +176,6 @@ impl VenvBuilder {
                 Err(message) if clone && attempt < CLONE_ATTEMPTS => {
                     let dropped = clone::uninstallable(&log.tail(), &requirements);
                     if dropped.is_empty() {
-                        let _ = std::fs::remove_dir_all(&tmp);
                         return Err(failed(message));
                     }
                     let note = format!(
@@ -177,16 +186,12 @@ impl VenvBuilder {
                     notes.push(note);
                     requirements.retain(|r| !dropped.contains(r));
                 }
-                Err(message) => {
-                    let _ = std::fs::remove_dir_all(&tmp);
-                    return Err(failed(message));
-                }
+                Err(message) => return Err(failed(message)),
             }
         }
         let mut probe = Command::new(&venv_python);
         probe.arg("-c").arg("import cloudpickle");
         if let Err(message) = self.step("import cloudpickle", &mut probe, log).await {
-            let _ = std::fs::remove_dir_all(&tmp);
             return Err(failed(message));
         }
         let _ = std::fs::remove_dir_all(&final_dir);
@@ -197,6 +202,7 @@ impl VenvBuilder {
                 final_dir.display()
             ))
         })?;
+        building.keep();
         Ok(Built {
             location: final_dir.display().to_string(),
             image_id: None,
@@ -205,6 +211,44 @@ impl VenvBuilder {
             notes,
         })
     }
+}
+
+/// A venv being built: removed when dropped (the build failed or was abandoned).
+struct Building(Option<PathBuf>);
+
+impl Building {
+    /// The build is complete (renamed into place): nothing to remove.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+}
+
+/// The sentence for a build that ran out of disk (ENOSPC in the error or the log's tail).
+fn disk_full(root: &Path, message: &str, tail: &str) -> Option<String> {
+    let full = |text: &str| text.contains("No space left on device") || text.contains("[Errno 28]");
+    if !full(message) && !full(tail) {
+        return None;
+    }
+    let free = nix::sys::statvfs::statvfs(root)
+        .map(|s| {
+            // fsblkcnt_t and c_ulong are not u64 on every target.
+            #[allow(clippy::unnecessary_cast)]
+            let bytes = s.blocks_available() as u64 * s.fragment_size() as u64;
+            format!("{} MiB free now", bytes >> 20)
+        })
+        .unwrap_or_else(|_| "free space unknown".to_string());
+    Some(format!(
+        "the node's disk is full: the environment build ran out of space in {} ({free}); the half-built environment was removed. Free space on the node, or lower fleetmapd --env-disk-budget-gb so fewer environments are kept, then run the job again",
+        root.display()
+    ))
 }
 
 async fn forward<R: tokio::io::AsyncRead + Unpin>(
@@ -401,6 +445,34 @@ impl Builder for VenvBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enospc_in_the_log_is_the_nodes_disk_not_the_requirements() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tail = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device";
+        let said =
+            disk_full(dir.path(), "pip install failed (exit status: 1)", tail).expect("full");
+        assert!(said.starts_with("the node's disk is full"), "{said}");
+        assert!(said.contains(&dir.path().display().to_string()), "{said}");
+        assert!(
+            said.contains("--env-disk-budget-gb") && said.contains("MiB free"),
+            "{said}"
+        );
+        assert!(disk_full(dir.path(), "pip install failed", "No matching distribution").is_none());
+    }
+
+    #[test]
+    fn a_failed_build_leaves_no_half_built_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(".building-x");
+        std::fs::create_dir_all(path.join("lib")).expect("mkdir");
+        drop(Building(Some(path.clone())));
+        assert!(!path.exists());
+        let kept = dir.path().join("venv-x");
+        std::fs::create_dir_all(&kept).expect("mkdir");
+        Building(Some(kept.clone())).keep();
+        assert!(kept.exists());
+    }
 
     #[test]
     fn dir_size_counts_files_below() {
