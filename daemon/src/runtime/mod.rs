@@ -85,6 +85,14 @@ pub enum RuntimeError {
     /// A slot's scratch space could not be made.
     #[error("scratch space: {0}")]
     Scratch(String),
+    /// No worker has started for a while: every start failed, the latest for `reason`.
+    #[error("no worker has started for {for_s} s: {reason}")]
+    StartsFailing {
+        /// How long starts have been failing.
+        for_s: u64,
+        /// Why the latest start failed, and what to do.
+        reason: String,
+    },
     /// The runtime is shutting down and hands out nothing more.
     #[error("the worker runtime is shutting down")]
     ShuttingDown,

@@ -50,6 +50,13 @@ def sleep_then_double(x):
     return x * 2
 
 
+def sleep_then_host(x):
+    """x and the host (a container's id under Docker) that ran it, as "x@host"."""
+    import socket
+    time.sleep(0.3)
+    return "%d@%s" % (x, socket.gethostname())
+
+
 def printer(x):
     print("hello from", x)
     return x

@@ -65,6 +65,8 @@ pub use spec::{LABEL_NODE, LABEL_ROLE, LABEL_RUN};
 
 /// How long `kill` waits for the engine to report the container gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Pause before asking an engine that did not answer about a container again.
+const ENGINE_RETRY: Duration = Duration::from_secs(1);
 /// Pause after a failed container start, so a broken engine is not hammered.
 const START_BACKOFF: Duration = Duration::from_secs(1);
 /// The image label that names the image's Python version (set by `fleetmap-base-image`).
@@ -172,6 +174,8 @@ struct Books {
 struct Inner {
     opts: DockerOptions,
     docker: Docker,
+    /// Where `docker` connects (for messages).
+    address: String,
     run_id: String,
     python: String,
     all_cpus: String,
@@ -276,6 +280,7 @@ impl DockerRuntime {
             cpu_count: all_cpus.len(),
             python,
             docker,
+            address: fleetmap_base_image::engine::local_address(),
             opts,
             books: Mutex::new(Books::default()),
             names: AtomicU64::new(0),
@@ -398,14 +403,18 @@ async fn fill(inner: Arc<Inner>) {
             let inner = inner.clone();
             inner.starting.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
+                let attempted = std::time::Instant::now();
                 let started = start_one(&inner).await;
                 inner.starting.fetch_sub(1, Ordering::SeqCst);
-                if let Err(err) = started {
-                    if !inner.shutdown.is_cancelled() {
-                        warn!(cause = %err, "cannot start a worker container");
+                match started {
+                    Ok(()) => {}
+                    Err(_) if inner.shutdown.is_cancelled() => inner.pool.spawn_lost(),
+                    Err(err) => {
+                        let reason = explain_start_failure(&inner, &err).await;
+                        warn!(cause = %reason, "cannot start a worker container");
                         tokio::time::sleep(START_BACKOFF).await;
+                        inner.pool.start_failed(attempted, reason);
                     }
-                    inner.pool.spawn_lost();
                 }
             });
         }
@@ -415,6 +424,19 @@ async fn fill(inner: Arc<Inner>) {
             _ = inner.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Why a container start failed, in words an operator acts on: an engine that no longer
+/// answers (stopped, restarting) is named with its address, anything else is the engine's
+/// own answer.
+async fn explain_start_failure(inner: &Inner, err: &RuntimeError) -> String {
+    if inner.docker.ping().await.is_ok() {
+        return err.to_string();
+    }
+    format!(
+        "the Docker engine at {} does not answer ({err}); start dockerd (or point DOCKER_HOST at it) and the node uses it again as soon as it answers",
+        inner.address
+    )
 }
 
 /// Creates and starts one warm container and waits for its worker's HELLO.
@@ -541,7 +563,17 @@ async fn watch(inner: Arc<Inner>, id: String, pid: u32) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(found) => break found.state.unwrap_or_default(),
-            Err(_) => break Default::default(),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => break Default::default(),
+            Err(_) if inner.shutdown.is_cancelled() => break Default::default(),
+            // The engine is away (stopped, restarting): its next run knows how the container
+            // ended and lets it be removed, so ask again then. The instance does not wait for
+            // this: a closed socket is a dead worker to it.
+            Err(err) => {
+                debug!(container = %id, cause = %err, "the engine does not answer; will ask again");
+                tokio::time::sleep(ENGINE_RETRY).await;
+            }
         }
     };
     let oom = state.oom_killed.unwrap_or(false);

@@ -14,6 +14,9 @@ use crate::runtime::{ExitWatch, RuntimeError, WorkerConn};
 /// A spawn request with no HELLO after this long is assumed lost (the fork failed, the child
 /// died before connecting) and requested again.
 const PENDING_TTL: Duration = Duration::from_secs(10);
+/// How long starts may keep failing, with no worker joining, before an acquirer waiting for
+/// one is told why instead of waiting on (the engine or interpreter is broken, not slow).
+pub const STARTS_FAILING_LIMIT: Duration = Duration::from_secs(30);
 
 /// A worker that has said HELLO and waits for a job.
 #[derive(Debug)]
@@ -40,6 +43,38 @@ struct PoolState {
     /// Acquirers waiting because `idle` was empty: they count towards the deficit.
     waiters: u32,
     closed: bool,
+    /// Starts have failed since this streak began, with no worker joining in between.
+    failing: Option<Failing>,
+}
+
+/// A run of failed starts (times are when each attempt began).
+#[derive(Debug, Clone)]
+struct Failing {
+    since: Instant,
+    last: Instant,
+    reason: String,
+}
+
+impl Failing {
+    /// The error for an acquirer waiting since `waiting_since` once the streak has lasted
+    /// `limit` and an attempt made while it waited failed too (one that came after the last
+    /// attempt waits for the next: the cause may be gone); else how long to wait before
+    /// asking again.
+    fn verdict(
+        &self,
+        now: Instant,
+        waiting_since: Instant,
+        limit: Duration,
+    ) -> Result<Duration, RuntimeError> {
+        let lasted = now.duration_since(self.since);
+        if lasted >= limit && self.last >= waiting_since {
+            return Err(RuntimeError::StartsFailing {
+                for_s: lasted.as_secs(),
+                reason: self.reason.clone(),
+            });
+        }
+        Ok(limit.saturating_sub(lasted).max(Duration::from_millis(100)))
+    }
 }
 
 /// Idle workers and the bookkeeping that keeps `target` of them warm. A std `Mutex`: every
@@ -52,16 +87,24 @@ pub struct Pool {
     available: Notify,
     /// Wakes the zygote task when the deficit may have grown.
     replenish: Notify,
+    /// See [`STARTS_FAILING_LIMIT`].
+    failing_limit: Duration,
 }
 
 impl Pool {
     /// An empty pool that keeps `target` idle workers.
     pub fn new(target: u32) -> Self {
+        Self::with_failing_limit(target, STARTS_FAILING_LIMIT)
+    }
+
+    /// Like [`Pool::new`], with acquirers told of failing starts after `limit`.
+    pub fn with_failing_limit(target: u32, limit: Duration) -> Self {
         Self {
             state: Mutex::new(PoolState::default()),
             target,
             available: Notify::new(),
             replenish: Notify::new(),
+            failing_limit: limit,
         }
     }
 
@@ -102,9 +145,31 @@ impl Pool {
             }
             state.pending.pop_front();
             state.idle.push_back(worker);
+            state.failing = None;
         }
         self.available.notify_waiters();
         Ok(())
+    }
+
+    /// A start begun at `attempted` failed for `reason`: it no longer counts as pending, and
+    /// the failure streak grows (acquirers learn of it once it passes the limit).
+    pub fn start_failed(&self, attempted: Instant, reason: String) {
+        {
+            let mut state = self.lock();
+            state.pending.pop_front();
+            let since = state.failing.as_ref().map_or(attempted, |f| f.since);
+            let last = state
+                .failing
+                .as_ref()
+                .map_or(attempted, |f| f.last.max(attempted));
+            state.failing = Some(Failing {
+                since,
+                last,
+                reason,
+            });
+        }
+        self.replenish.notify_one();
+        self.available.notify_waiters();
     }
 
     /// A spawned worker died before its HELLO: its spawn no longer counts as pending.
@@ -174,11 +239,13 @@ impl Pool {
             pool: self,
             counted: false,
         };
+        let waiting_since = Instant::now();
         loop {
             let notified = self.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let mut dead = Vec::new();
+            let mut patience = None;
             let taken = {
                 let mut state = self.lock();
                 if state.closed {
@@ -196,6 +263,15 @@ impl Pool {
                     state.waiters += 1;
                     waiting.counted = true;
                 }
+                if taken.is_none() {
+                    if let Some(failing) = &state.failing {
+                        patience = Some(failing.verdict(
+                            Instant::now(),
+                            waiting_since,
+                            self.failing_limit,
+                        ));
+                    }
+                }
                 taken
             };
             for worker in dead {
@@ -206,7 +282,12 @@ impl Pool {
             if let Some(worker) = taken {
                 return Ok(worker);
             }
-            notified.await;
+            match patience.transpose()? {
+                Some(patience) => {
+                    let _ = tokio::time::timeout(patience, notified).await;
+                }
+                None => notified.await,
+            }
         }
     }
 
@@ -294,6 +375,59 @@ mod tests {
         let (worker, _peer) = idle(7);
         pool.push(worker).expect("open");
         assert_eq!(taker.await.expect("taker"), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_learns_why_starts_keep_failing_once_they_fail_past_the_limit() {
+        let pool = Arc::new(Pool::with_failing_limit(1, Duration::from_millis(300)));
+        let started = Instant::now();
+        let taker = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.take(|_| {}).await.map(|w| w.pid) })
+        };
+        let failing = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                loop {
+                    pool.start_failed(Instant::now(), "the engine does not answer".into());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let err = taker
+            .await
+            .expect("taker")
+            .expect_err("starts keep failing");
+        failing.abort();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(
+            err.to_string().contains("the engine does not answer"),
+            "{err}"
+        );
+        // A worker that joins ends the streak: the next taker gets it.
+        let (worker, _peer) = idle(9);
+        pool.push(worker).expect("open");
+        assert_eq!(pool.take(|_| {}).await.expect("a worker").pid, 9);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_came_after_the_last_failed_attempt_waits_for_the_next() {
+        let pool = Arc::new(Pool::with_failing_limit(1, Duration::from_millis(10)));
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        pool.start_failed(long_ago, "the engine was down".into());
+        pool.start_failed(Instant::now(), "the engine was down".into());
+        let taker = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.take(|_| {}).await.map(|w| w.pid).ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !taker.is_finished(),
+            "failed on attempts made before it waited"
+        );
+        let (worker, _peer) = idle(4);
+        pool.push(worker).expect("open");
+        assert_eq!(taker.await.expect("taker"), Some(4));
     }
 
     #[tokio::test]
