@@ -10,235 +10,16 @@
 //! test binary, which holds this one test. Skipped loudly without Docker, root or `ip netns`,
 //! unless `FLEETMAP_REQUIRE_DOCKER=1`.
 
+mod private_engine;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_proto::{FailureKind, JobState};
 use fleetmap_sandbox::CgroupMode;
 use fleetmapd::RuntimeKind;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use private_engine::{PrivateEngine, IMAGE};
 use support::{function, run_job, spec, TestDaemon};
-
-const IMAGE: &str = "fleetmap/base:1";
-
-/// A `dockerd` of this test's own, in its own network namespace.
-struct PrivateEngine {
-    dir: tempfile::TempDir,
-    netns: String,
-    child: Option<Child>,
-}
-
-impl PrivateEngine {
-    /// Creates the namespace and the engine's files; does not start it.
-    fn create() -> Result<Self, String> {
-        let netns = format!("fm-engine-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &netns])
-            .status();
-        let made = Command::new("ip")
-            .args(["netns", "add", &netns])
-            .output()
-            .map_err(|e| format!("cannot run ip: {e}"))?;
-        if !made.status.success() {
-            return Err(format!(
-                "ip netns add failed: {}",
-                String::from_utf8_lossy(&made.stderr).trim()
-            ));
-        }
-        // Short paths: containerd's sockets live under the exec root (108-byte limit).
-        let dir = tempfile::Builder::new()
-            .prefix("fme")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("temp dir: {e}"))?;
-        let config = serde_json::json!({
-            "data-root": dir.path().join("data"),
-            "exec-root": dir.path().join("x"),
-            "pidfile": dir.path().join("dockerd.pid"),
-            "hosts": [format!("unix://{}", dir.path().join("docker.sock").display())],
-            "storage-driver": "vfs",
-            "bridge": "none",
-            "iptables": false,
-            "ip-forward": false,
-            "ip-masq": false,
-            "live-restore": false,
-            "shutdown-timeout": 3,
-        });
-        std::fs::write(dir.path().join("daemon.json"), config.to_string())
-            .map_err(|e| format!("write daemon.json: {e}"))?;
-        Ok(Self {
-            dir,
-            netns,
-            child: None,
-        })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("docker.sock")
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.socket().display())
-    }
-
-    /// Starts the engine and waits until it answers.
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("dockerd.log"))
-            .expect("engine log");
-        // `ip netns exec` would remount /sys and hide the cgroup mounts: enter the network
-        // namespace only.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.netns))
-            .arg("dockerd")
-            .arg("--config-file")
-            .arg(self.dir.path().join("daemon.json"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self.docker(&["version"]).status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("the private engine did not answer: {}", self.log_tail());
-    }
-
-    /// Stops the engine as its service manager would (SIGTERM) and waits for it to exit.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if child.try_wait().expect("wait").is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the private engine did not stop on SIGTERM");
-    }
-
-    /// Runs the docker CLI against this engine.
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .args(args)
-            .output()
-            .expect("docker CLI")
-    }
-
-    /// Copies `image` from the host's engine into this one.
-    fn load_from_host(&self, image: &str) {
-        let mut save = Command::new("docker")
-            .args(["save", image])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker save");
-        let stdout = save.stdout.take().expect("save's stdout");
-        let load = Command::new("docker")
-            .arg("-H")
-            .arg(self.host())
-            .arg("load")
-            .stdin(stdout)
-            .output()
-            .expect("docker load");
-        assert!(save.wait().expect("save").success(), "docker save {image}");
-        assert!(
-            load.status.success(),
-            "docker load: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-    }
-
-    /// Containers (running or not) whose node label is `node`.
-    fn containers_of(&self, node: &str) -> Vec<String> {
-        let out = self.docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={}={node}", fleetmapd::runtime::docker::LABEL_NODE),
-        ]);
-        assert!(out.status.success(), "docker ps");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for PrivateEngine {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(
-                Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)),
-                Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-        // vfs layers and container state: leave nothing mounted under the temp dir.
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.path().join("x"))
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.netns])
-            .status();
-    }
-}
-
-/// Whether the host has what the test needs; `Err` says why not.
-async fn available() -> Result<(), String> {
-    support::python_available()?;
-    if !Path::new("/usr/sbin/dockerd").exists() && which("dockerd").is_none() {
-        return Err("no dockerd binary".into());
-    }
-    let engine = fleetmap_base_image::Engine::connect()
-        .await
-        .map_err(|e| format!("no Docker engine: {e}"))?;
-    match engine.inspect(IMAGE).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return Err(format!(
-                "the engine has no {IMAGE}; run `fleetmap-base-image ensure`"
-            ))
-        }
-        Err(e) => return Err(format!("cannot inspect {IMAGE}: {e}")),
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return Err("needs root (a private dockerd and a network namespace)".into());
-    }
-    Ok(())
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.exists())
-    })
-}
 
 /// Waits up to `limit` for `job` to have answered a few inputs.
 async fn wait_running(addr: std::net::SocketAddr, job: &str, limit: Duration) {
@@ -257,27 +38,11 @@ async fn wait_running(addr: std::net::SocketAddr, job: &str, limit: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_docker_engine_restarted_under_the_daemon() {
-    if let Err(why) = available().await {
-        if std::env::var("FLEETMAP_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("FLEETMAP_REQUIRE_DOCKER=1 but {why}");
-        }
-        eprintln!("SKIPPED the_docker_engine_restarted_under_the_daemon: {why}");
+    let Some(mut engine) =
+        PrivateEngine::ready_or_skip("the_docker_engine_restarted_under_the_daemon", None).await
+    else {
         return;
-    }
-    let mut engine = match PrivateEngine::create() {
-        Ok(engine) => engine,
-        Err(why) => {
-            if std::env::var("FLEETMAP_REQUIRE_DOCKER").as_deref() == Ok("1") {
-                panic!("FLEETMAP_REQUIRE_DOCKER=1 but {why}");
-            }
-            eprintln!("SKIPPED the_docker_engine_restarted_under_the_daemon: {why}");
-            return;
-        }
     };
-    engine.start();
-    engine.load_from_host(IMAGE);
-    // The only test of this binary: the daemon below connects through it.
-    std::env::set_var("DOCKER_HOST", engine.host());
 
     let daemon = TestDaemon::start_with("engine", CgroupMode::Auto, |config| {
         config.runtime = RuntimeKind::Docker;

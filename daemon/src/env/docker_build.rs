@@ -132,6 +132,9 @@ impl DockerBuilder {
             }
         }
         if let Some(message) = failure {
+            if let Some(sentence) = self.disk_full(&message, &log.tail()).await {
+                return Err(EnvError::BuildFailed(sentence));
+            }
             let hint = if message.contains(PROBE_MARK) {
                 "the image has no python3 that can import cloudpickle, which the worker needs; base it on fleetmap/base:1 or RUN pip install cloudpickle in it"
             } else {
@@ -155,6 +158,32 @@ impl DockerBuilder {
                     EnvError::Node(format!("the engine built {tag} but does not know it"))
                 }),
         }
+    }
+
+    /// The sentence for a build that ran out of disk (ENOSPC in the engine's error or the
+    /// log's tail): the engine's data root, its free space now, and what to change.
+    async fn disk_full(&self, message: &str, tail: &str) -> Option<String> {
+        if !mentions_no_space(message) && !mentions_no_space(tail) {
+            return None;
+        }
+        let root = self
+            .docker
+            .info()
+            .await
+            .ok()
+            .and_then(|info| info.docker_root_dir)
+            .unwrap_or_else(|| "/var/lib/docker".to_string());
+        let free = nix::sys::statvfs::statvfs(root.as_str())
+            .map(|s| {
+                // fsblkcnt_t and c_ulong are not u64 on every target.
+                #[allow(clippy::unnecessary_cast)]
+                let bytes = s.blocks_available() as u64 * s.fragment_size() as u64;
+                format!("{} MiB free now", bytes >> 20)
+            })
+            .unwrap_or_else(|_| "free space unknown".to_string());
+        Some(format!(
+            "the node's disk is full: the environment image ran out of space in the Docker engine's data root {root} ({free}); the failed build's containers were removed. Free space on the node (docker system prune removes unused images and build cache), or lower fleetmapd --env-disk-budget-gb so fewer environment images are kept, then run the job again"
+        ))
     }
 
     /// The build context: the Dockerfile, the context files and the CA bundle.
@@ -185,6 +214,14 @@ impl DockerBuilder {
 }
 
 /// The Python version the probe step printed.
+/// Whether an engine's or a build step's text reports ENOSPC (`dd`, `cp`, pip and the
+/// engine's own layer copies all say it this way, in either case).
+fn mentions_no_space(text: &str) -> bool {
+    text.to_ascii_lowercase()
+        .contains("no space left on device")
+        || text.contains("[Errno 28]")
+}
+
 fn probed_python(log: &str) -> Option<String> {
     log.lines()
         .rev()
@@ -349,6 +386,20 @@ impl Builder for DockerBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enospc_is_recognised_however_a_step_says_it() {
+        assert!(mentions_no_space(
+            "dd: error writing '/fill': No space left on device"
+        ));
+        assert!(mentions_no_space(
+            "failed to copy files: write /var/lib/docker/vfs/dir/x: no space left on device"
+        ));
+        assert!(mentions_no_space("OSError: [Errno 28] while installing"));
+        assert!(!mentions_no_space(
+            "The command '/bin/sh -c false' returned a non-zero code: 1"
+        ));
+    }
 
     #[test]
     fn the_probe_line_names_the_python() {
