@@ -32,9 +32,11 @@ impl PrivateEngine {
     /// MiB when given (a disk that fills up).
     pub fn create_with_disk(disk_mib: Option<u32>) -> Result<Self, String> {
         let netns = format!("fm-engine-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &netns])
-            .status();
+        if Path::new("/var/run/netns").join(&netns).exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &netns])
+                .status();
+        }
         let made = Command::new("ip")
             .args(["netns", "add", &netns])
             .output()

@@ -65,6 +65,8 @@ pub use spec::{LABEL_NODE, LABEL_ROLE, LABEL_RUN};
 
 /// How long `kill` waits for the engine to report the container gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the engine to finish removing this run's containers.
+const REMOVE_WAIT: Duration = Duration::from_secs(20);
 /// Pause before asking an engine that did not answer about a container again.
 const ENGINE_RETRY: Duration = Duration::from_secs(1);
 /// Pause after a failed container start, so a broken engine is not hammered.
@@ -333,16 +335,38 @@ impl DockerRuntime {
         while inner.starting.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        match remove_labelled(&inner.docker, LABEL_RUN, &inner.run_id).await {
-            Ok(removed) => debug!(removed, "worker containers removed"),
-            Err(err) => warn!(cause = %err, "cannot remove worker containers"),
-        }
+        remove_all_of_run(inner).await;
         if !inner.opts.environment {
             cgroup::remove_parent(&inner.opts.cgroup_root, &inner.opts.cgroup_parent);
         }
         let _ = std::fs::remove_file(&inner.opts.socket_path);
         info!(image = %inner.opts.image, "docker runtime stopped");
     }
+}
+
+/// Removes every container of this run and waits until the engine lists none: a removal
+/// another task started (a watcher's) answers 409 at once but takes a while to finish.
+async fn remove_all_of_run(inner: &Inner) {
+    let deadline = tokio::time::Instant::now() + REMOVE_WAIT;
+    let mut removed = None;
+    loop {
+        match remove_labelled(&inner.docker, LABEL_RUN, &inner.run_id).await {
+            Ok(0) => break,
+            Ok(found) => {
+                removed.get_or_insert(found);
+            }
+            Err(err) => {
+                warn!(cause = %err, "cannot remove worker containers");
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(run = %inner.run_id, "worker containers still listed after shutdown");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    debug!(removed = removed.unwrap_or(0), "worker containers removed");
 }
 
 /// Removes (force) every container whose label `key` is `value`; returns how many.
