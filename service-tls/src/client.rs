@@ -33,13 +33,17 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             }
             Ok(Arc::new(with_roots(roots)))
         }
-        None => {
-            static SYSTEM: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-            Ok(SYSTEM
-                .get_or_init(|| Arc::new(with_roots(system_roots())))
-                .clone())
-        }
+        None => Ok(system_client_config()),
     }
+}
+
+/// A client config that verifies servers against the system's roots (read once per process;
+/// none found: one warning, and every `https://` server is refused).
+pub fn system_client_config() -> Arc<ClientConfig> {
+    static SYSTEM: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| Arc::new(with_roots(system_roots())))
+        .clone()
 }
 
 /// A connector over `http` (whose settings — nodelay, timeouts — it keeps) that verifies TLS

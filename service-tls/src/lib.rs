@@ -15,7 +15,7 @@ mod error;
 mod pem;
 mod server;
 
-pub use client::{client_config, https_connector, HttpsConnector};
+pub use client::{client_config, https_connector, system_client_config, HttpsConnector};
 pub use error::{HandshakeError, TlsError};
 pub use server::{server_config, server_config_from, Acceptor, ServerStream, SERVER_ALPN};
 
@@ -26,3 +26,6 @@ pub use server::{server_config, server_config_from, Acceptor, ServerStream, SERV
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// The rustls config types, so the services need no direct rustls dependency.
+pub use rustls::{ClientConfig, ServerConfig};
