@@ -3,14 +3,18 @@
 #
 #   install.sh install [--node] [--coordinator] [--bin-dir DIR] [--coordinator-url URL]
 #                      [--node-id ID] [--advertise URL] [--runtime process|docker]
-#                      [--cluster-token FILE] [--no-start]
+#                      [--cluster-token FILE] [--tls-cert FILE --tls-key FILE]
+#                      [--tls-ca FILE] [--no-start]
 #   install.sh uninstall [--purge]
 #
 # install: copies fleetmapd / fleetmap-coordinator into /usr/local/bin, creates the `fleetmap`
 # system user the coordinator runs as, writes /etc/fleetmap/<service>.toml (never over an
 # operator's edited file), puts the fleet's cluster token in /etc/fleetmap/cluster.token (copied
 # from --cluster-token FILE, else kept, else generated: then copy it to every other machine and
-# pass it there with --cluster-token), installs the units into /etc/systemd/system and enables and starts
+# pass it there with --cluster-token), with --tls-cert/--tls-key (and --tls-ca) copies the PEM
+# certificate chain, its key (mode 0640, group fleetmap, so the coordinator's user can read it)
+# and the CA into /etc/fleetmap/tls and turns the tls_* keys on in a newly written settings
+# file (an existing one is kept: set them there), installs the units into /etc/systemd/system and enables and starts
 # them (unless --no-start). With neither --node nor --coordinator both are installed.
 # uninstall: stops and disables the units and removes them and the binaries; --purge also
 # removes /etc/fleetmap and the state directories.
@@ -36,6 +40,8 @@ node_id="$(hostname)"
 advertise=""
 runtime="process"
 token_source=""
+tls_cert="" tls_key="" tls_ca=""
+tls_dir="$conf_dir/tls"
 while [ $# -gt 0 ]; do
   case "$1" in
     --node) node=1 ;;
@@ -46,6 +52,9 @@ while [ $# -gt 0 ]; do
     --advertise) advertise="$2"; shift ;;
     --runtime) runtime="$2"; shift ;;
     --cluster-token) token_source="$2"; shift ;;
+    --tls-cert) tls_cert="$2"; shift ;;
+    --tls-key) tls_key="$2"; shift ;;
+    --tls-ca) tls_ca="$2"; shift ;;
     --no-start) start=0 ;;
     --purge) purge=1 ;;
     *) die "unknown option $1 (see the top of this file)" ;;
@@ -53,6 +62,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$node" = 0 ] && [ "$coordinator" = 0 ]; then node=1 coordinator=1; fi
+if [ -n "$tls_cert" ] && [ -z "$tls_key" ]; then die "--tls-cert needs --tls-key (the certificate's private key)"; fi
+if [ -z "$tls_cert" ] && [ -n "$tls_key" ]; then die "--tls-key needs --tls-cert (the certificate chain it belongs to)"; fi
 [ "$(id -u)" = 0 ] || die "run it as root (it writes /usr/local/bin, /etc and systemd units)"
 
 systemd_running() { [ -d /run/systemd/system ]; }
@@ -88,6 +99,37 @@ install_token() {
   if getent group fleetmap >/dev/null; then chgrp fleetmap "$target"; fi
 }
 
+# Copies the TLS files given into $tls_dir: the key readable by root and the fleetmap group
+# only (the coordinator runs as fleetmap; the daemon as root), like the cluster token.
+install_tls() {
+  [ -n "$tls_cert$tls_ca" ] || return 0
+  install -d -m 0755 "$tls_dir"
+  if [ -n "$tls_cert" ]; then
+    [ -r "$tls_cert" ] || die "cannot read the TLS certificate $tls_cert"
+    [ -r "$tls_key" ] || die "cannot read the TLS key $tls_key"
+    install -m 0644 "$tls_cert" "$tls_dir/cert.pem"
+    install -m 0640 "$tls_key" "$tls_dir/key.pem"
+    if getent group fleetmap >/dev/null; then chgrp fleetmap "$tls_dir/key.pem"; fi
+    echo "install.sh: installed the TLS certificate and key in $tls_dir"
+  fi
+  if [ -n "$tls_ca" ]; then
+    [ -r "$tls_ca" ] || die "cannot read the TLS CA file $tls_ca"
+    install -m 0644 "$tls_ca" "$tls_dir/ca.pem"
+    echo "install.sh: installed the TLS CA in $tls_dir/ca.pem"
+  fi
+}
+
+# sed expressions turning the tls_* example lines on for the files install_tls put in place.
+tls_settings() {
+  if [ -n "$tls_cert" ]; then
+    printf '%s\n' -e "s|^# tls_cert_file = .*|tls_cert_file = \"$tls_dir/cert.pem\"|" \
+      -e "s|^# tls_key_file = .*|tls_key_file = \"$tls_dir/key.pem\"|"
+  fi
+  if [ -n "$tls_ca" ]; then
+    printf '%s\n' -e "s|^# tls_ca_file = .*|tls_ca_file = \"$tls_dir/ca.pem\"|"
+  fi
+}
+
 do_install() {
   install -d -m 0755 "$prefix/bin" "$conf_dir" "$unit_dir" "$doc_dir"
   install -m 0644 "$repo/README.md" "$doc_dir/README.md"
@@ -99,7 +141,11 @@ do_install() {
       echo "install.sh: created the system user fleetmap"
     fi
     install_token
-    install_config fleetmap-coordinator.toml -e 's|^db = .*|db = "/var/lib/fleetmap-coordinator/coordinator.db"|'
+    install_tls
+    local tls_sed=()
+    mapfile -t tls_sed < <(tls_settings)
+    install_config fleetmap-coordinator.toml -e 's|^db = .*|db = "/var/lib/fleetmap-coordinator/coordinator.db"|' \
+      "${tls_sed[@]}"
     chgrp fleetmap "$conf_dir/fleetmap-coordinator.toml"
     install -m 0644 "$here/fleetmap-coordinator.service" "$unit_dir/"
   fi
@@ -109,8 +155,10 @@ do_install() {
       || die "the workers' /usr/bin/python3 lacks cloudpickle; install it (apt-get install python3-cloudpickle, or pip)"
     install -m 0755 "$bin_dir/fleetmapd" "$prefix/bin/fleetmapd"
     install_token
+    install_tls
     local extra=()
-    if [ -n "$advertise" ]; then extra=(-e "s|^# advertise = .*|advertise = \"$advertise\"|"); fi
+    mapfile -t extra < <(tls_settings)
+    if [ -n "$advertise" ]; then extra+=(-e "s|^# advertise = .*|advertise = \"$advertise\"|"); fi
     install_config fleetmapd.toml \
       -e "s|@NODE_ID@|$node_id|" \
       -e "s|^coordinator = .*|coordinator = \"$coordinator_url\"|" \

@@ -7,6 +7,7 @@ shared/DESIGN.md.  Errors fleetmap raises itself are in ``fleetmap.errors``, re-
 from .api import remote_parallel_map
 from .stored import delete_results, fetch_results
 from .errors import (
+    CertificateNotTrusted,
     CoordinatorError,
     EnvironmentBuildFailed,
     EnvironmentUnavailable,
@@ -39,6 +40,7 @@ __all__ = [
     "remote_parallel_map",
     "fetch_results",
     "delete_results",
+    "CertificateNotTrusted",
     "CoordinatorError",
     "EnvironmentBuildFailed",
     "EnvironmentUnavailable",

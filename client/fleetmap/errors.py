@@ -59,6 +59,12 @@ class FleetmapConnectionError(FleetmapError, ConnectionError):
     """The coordinator could not be reached, or the result stream broke off."""
 
 
+class CertificateNotTrusted(FleetmapConnectionError):
+    """An ``https://`` coordinator presented a certificate this client could not verify (an
+    unknown CA, a name that does not match, an expired certificate).  The system's trust store
+    is used unless ``FLEETMAP_CA_FILE`` names a CA bundle."""
+
+
 class ProtocolError(FleetmapError):
     """The coordinator sent bytes that break the wire contract (docs/protocol.md)."""
 

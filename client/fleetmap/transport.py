@@ -1,7 +1,9 @@
 """HTTP/1.1 to the coordinator over persistent ``http.client`` connections.
 
 A small per-process pool keeps idle keep-alive connections per endpoint, so a warm
-``remote_parallel_map`` pays no connect, no DNS and no TLS handshake.  A pooled connection the
+``remote_parallel_map`` pays no connect, no DNS and no TLS handshake.  ``https://``
+coordinators are verified against the CA bundle ``FLEETMAP_CA_FILE`` names, else the system's
+default trust store; a certificate that does not verify is ``CertificateNotTrusted``.  A pooled connection the
 server has closed is noticed (a zero-byte peek) before it is reused.  Every non-2xx answer is
 turned into an exception in exactly one place, ``error_from_response``.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import os
 import socket
+import ssl
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
@@ -21,6 +25,8 @@ from . import errors
 CONNECT_TIMEOUT_S = 5.0
 CONTROL_TIMEOUT_S = 30.0
 _POOL_MAX_IDLE = 4
+ENV_CA_FILE = "FLEETMAP_CA_FILE"
+_ssl_contexts: Dict[Optional[str], ssl.SSLContext] = {}
 
 
 class Endpoint:
@@ -76,10 +82,28 @@ class _TlsConnection(http.client.HTTPSConnection):
         _keepalive(self.sock)
 
 
+def ssl_context() -> ssl.SSLContext:
+    """The verifying TLS context: the CA bundle ``FLEETMAP_CA_FILE`` names, else the system's
+    default trust store (one context per bundle, made once)."""
+    ca_file = os.environ.get(ENV_CA_FILE) or None
+    context = _ssl_contexts.get(ca_file)
+    if context is None:
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as err:
+            raise errors.InvalidArgument(
+                f"{ENV_CA_FILE} names {ca_file!r}, which is not a readable PEM CA bundle ({err}); "
+                "point it at the CA certificate that signed the coordinator's certificate"
+            ) from None
+        _ssl_contexts[ca_file] = context
+    return context
+
+
 def new_connection(endpoint: "Endpoint", timeout: Optional[float] = None) -> http.client.HTTPConnection:
     """A fresh, not yet connected connection to ``endpoint`` (blocking reads by default)."""
-    cls = _TlsConnection if endpoint.scheme == "https" else _Connection
-    return cls(endpoint.host, endpoint.port, timeout=timeout)
+    if endpoint.scheme == "https":
+        return _TlsConnection(endpoint.host, endpoint.port, timeout=timeout, context=ssl_context())
+    return _Connection(endpoint.host, endpoint.port, timeout=timeout)
 
 
 def _is_stale(conn: http.client.HTTPConnection) -> bool:
@@ -94,18 +118,24 @@ def _is_stale(conn: http.client.HTTPConnection) -> bool:
     return bool(readable)
 
 
+def _pool_key(endpoint: Endpoint) -> Tuple[str, str, int, Optional[str]]:
+    """Connections verified against one CA bundle are not reused under another."""
+    ca_file = os.environ.get(ENV_CA_FILE) if endpoint.scheme == "https" else None
+    return endpoint._key + (ca_file,)
+
+
 class ConnectionPool:
     """Idle connections per endpoint; ``get`` hands one out, ``put`` takes it back."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: Dict[Tuple[str, str, int], List[http.client.HTTPConnection]] = {}
+        self._idle: Dict[Tuple[str, str, int, Optional[str]], List[http.client.HTTPConnection]] = {}
 
     def get(self, endpoint: Endpoint, timeout: Optional[float] = None) -> Tuple[http.client.HTTPConnection, bool]:
         """A connection and whether it was reused (a reused one may still fail once)."""
         while True:
             with self._lock:
-                idle = self._idle.get(endpoint._key)
+                idle = self._idle.get(_pool_key(endpoint))
                 conn = idle.pop() if idle else None
             if conn is None:
                 break
@@ -122,7 +152,7 @@ class ConnectionPool:
         if conn.sock is None:
             return
         with self._lock:
-            idle = self._idle.setdefault(endpoint._key, [])
+            idle = self._idle.setdefault(_pool_key(endpoint), [])
             if len(idle) < _POOL_MAX_IDLE:
                 idle.append(conn)
                 return
@@ -144,7 +174,16 @@ RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeErr
 
 
 def unreachable(endpoint: Endpoint, err: BaseException) -> errors.FleetmapConnectionError:
-    """The error for a coordinator that cannot be reached at all."""
+    """The error for a coordinator that cannot be reached at all (or whose certificate this
+    client does not trust)."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        reason = err.verify_message or str(err)
+        ca_file = os.environ.get(ENV_CA_FILE)
+        trusted = f"the CA bundle {ca_file}" if ca_file else "the system's trust store"
+        return errors.CertificateNotTrusted(
+            f"the coordinator at {endpoint.url} presented a certificate that {trusted} does not "
+            f"verify ({reason}); set {ENV_CA_FILE} to the CA that signed the coordinator's certificate"
+        )
     return errors.FleetmapConnectionError(
         f"cannot reach the coordinator at {endpoint.url} ({type(err).__name__}: {err}); "
         "check that it is running and that FLEETMAP_COORDINATOR points at it"

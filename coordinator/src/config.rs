@@ -1,9 +1,11 @@
 //! Settings of one coordinator, filled from the command line by `main` or directly by tests.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::ClusterToken;
+use fleetmap_service_tls::{ClientConfig, ServerConfig};
 
 /// Everything [`crate::run`] needs besides the listener and the shutdown signal.
 #[derive(Debug, Clone)]
@@ -62,6 +64,12 @@ pub struct Config {
     /// with `fleetmap-coordinator keys create`. Off by default so the local cluster needs no
     /// configuration; a fleet's coordinator turns it on (`--require-api-keys`).
     pub require_api_keys: bool,
+    /// TLS the coordinator serves with (`--tls-cert-file` and `--tls-key-file`); `None`: plain
+    /// HTTP. The handshake counts toward `max_connections` and is bounded by
+    /// `header_read_timeout`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// What calls to `https://` nodes trust (`--tls-ca-file`); `None`: the system's roots.
+    pub node_tls: Option<Arc<ClientConfig>>,
 }
 
 impl Config {
@@ -93,6 +101,8 @@ impl Config {
             results_budget_bytes: 10 << 30,
             log_bytes_per_job: 4 << 20,
             require_api_keys: false,
+            tls: None,
+            node_tls: None,
         }
     }
 

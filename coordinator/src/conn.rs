@@ -1,5 +1,6 @@
 //! Per-connection HTTP limits: the hyper builder every connection uses (head size, head read
-//! timeout), the 503 a connection beyond the limit gets, and the count of result streams each
+//! timeout), the 503 a connection beyond the limit gets (after its TLS handshake, when TLS is
+//! on), and the count of result streams each
 //! client address holds open (jobs per client), answered 429 beyond the limit.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fleetmap_service_tls::Acceptor;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -40,9 +42,15 @@ pub fn builder(config: &Config) -> http1::Builder {
     builder
 }
 
-/// Answers one request on `stream` with 503 (the connection limit is reached) and closes it.
-/// At most [`MAX_REFUSALS`] run at once (`refusals`); beyond that the stream is just closed.
-pub fn refuse_busy(stream: TcpStream, config: &Config, refusals: &Arc<Semaphore>) {
+/// Answers one request on `stream` with 503 (the connection limit is reached) and closes it;
+/// with TLS on, the handshake comes first, within the same short time. At most
+/// [`MAX_REFUSALS`] run at once (`refusals`); beyond that the stream is just closed.
+pub fn refuse_busy(
+    stream: TcpStream,
+    acceptor: &Acceptor,
+    config: &Config,
+    refusals: &Arc<Semaphore>,
+) {
     let Ok(permit) = refusals.clone().try_acquire_owned() else {
         return;
     };
@@ -52,7 +60,16 @@ pub fn refuse_busy(stream: TcpStream, config: &Config, refusals: &Arc<Semaphore>
     ));
     let mut builder = builder(config);
     builder.keep_alive(false);
+    let acceptor = acceptor.clone();
     tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let stream = match acceptor.accept_within(stream, REFUSAL_TIME).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                debug!(cause = %err, "refused connection's TLS handshake failed");
+                return;
+            }
+        };
         let conn = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |_request| {
@@ -63,7 +80,8 @@ pub fn refuse_busy(stream: TcpStream, config: &Config, refusals: &Arc<Semaphore>
                 async move { Ok::<_, Infallible>(response) }
             }),
         );
-        match tokio::time::timeout(REFUSAL_TIME, conn).await {
+        let left = REFUSAL_TIME.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, conn).await {
             Ok(Err(err)) => debug!(cause = %err, "refused connection ended with an error"),
             Err(_) => debug!("refused connection timed out"),
             Ok(Ok(())) => {}

@@ -107,6 +107,33 @@ struct Args {
     /// made by `fleetmap-coordinator keys create`; needs a cluster token as well.
     #[arg(long)]
     require_api_keys: bool,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key-file); without both, plain HTTP.
+    #[arg(long, value_name = "PATH")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file's first certificate.
+    #[arg(long, value_name = "PATH")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that `https://` nodes' certificates are verified against
+    /// (default: the system's roots).
+    #[arg(long, value_name = "PATH")]
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// The TLS settings loaded: what the coordinator serves with and what it trusts of nodes.
+struct Tls {
+    server: Option<std::sync::Arc<fleetmap_service_tls::ServerConfig>>,
+    nodes: std::sync::Arc<fleetmap_service_tls::ClientConfig>,
+}
+
+/// Loads the TLS files; a refusal is a setting's error (exit code 2).
+fn load_tls(args: &Args) -> Result<Tls, fleetmap_service_tls::TlsError> {
+    Ok(Tls {
+        server: fleetmap_service_tls::server_config_from(
+            args.tls_cert_file.as_deref(),
+            args.tls_key_file.as_deref(),
+        )?,
+        nodes: fleetmap_service_tls::client_config(args.tls_ca_file.as_deref())?,
+    })
 }
 
 fn main() -> ExitCode {
@@ -128,7 +155,14 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(args.log_format);
-    match serve(args) {
+    let tls = match load_tls(&args) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(fleetmap_service_config::EXIT_CONFIG);
+        }
+    };
+    match serve(args, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(cause = %format!("{err:#}"), "fleetmap-coordinator failed");
@@ -151,7 +185,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, tls: Tls) -> anyhow::Result<()> {
     let Some(db) = &args.db else {
         anyhow::bail!("--db is required to serve");
     };
@@ -171,6 +205,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             .map(|text| ClusterToken::new(&text))
             .transpose()?;
     config.require_api_keys = args.require_api_keys;
+    config.tls = tls.server;
+    config.node_tls = Some(tls.nodes);
     if args.require_api_keys && config.cluster_token.is_none() {
         anyhow::bail!("--require-api-keys needs a cluster token as well (--cluster-token-file or FLEETMAP_CLUSTER_TOKEN): without one any host could register as a node");
     }

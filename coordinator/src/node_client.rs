@@ -1,12 +1,15 @@
 //! HTTP/1.1 client to the node daemons: one pool of keep-alive connections shared by every job,
 //! streaming request bodies (inputs go out while results come back on the same request) and
-//! the cancel call.
+//! the cancel call. Nodes advertising `https://` are verified against `--tls-ca-file`, or the
+//! system's roots.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::{ClusterToken, Frame, FRAMES_CONTENT_TYPE};
+use fleetmap_service_tls::{ClientConfig, HttpsConnector};
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -52,19 +55,22 @@ pub type ResponseFuture =
 /// Cheap cloneable client (the pool is shared by clones).
 #[derive(Debug, Clone)]
 pub struct NodeClient {
-    http: Client<HttpConnector, Body>,
+    http: Client<HttpsConnector, Body>,
     /// `Authorization` value sent on every call (the cluster token), if one is configured.
     authorization: Option<HeaderValue>,
 }
 
 impl NodeClient {
     /// A client with keep-alive pooling and no Nagle delay (single-input jobs are latency-bound),
-    /// sending `token` on every call when given.
-    pub fn new(token: Option<ClusterToken>) -> Self {
+    /// sending `token` on every call when given; `https://` nodes are verified with `tls`
+    /// (`None`: against the system's roots).
+    pub fn new(token: Option<ClusterToken>, tls: Option<Arc<ClientConfig>>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_keepalive(Some(Duration::from_secs(30)));
+        let tls = tls.unwrap_or_else(fleetmap_service_tls::system_client_config);
+        let connector = fleetmap_service_tls::https_connector(connector, &tls);
         let http = Client::builder(TokioExecutor::new())
             // Below hyper servers' 30 s idle (header read) timeout, so the pool does not hand
             // out a connection the daemon is about to close.

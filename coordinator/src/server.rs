@@ -1,5 +1,6 @@
 //! The accept loop and graceful shutdown (mini-redis `server.rs`): connections are served
-//! concurrently up to a limit; on shutdown the listener closes, running jobs are cancelled (their
+//! concurrently up to a limit (a TLS handshake, when TLS is on, counts toward it and is bounded
+//! by the head read timeout); on shutdown the listener closes, running jobs are cancelled (their
 //! clients get END), connections finish their current request, and the store is flushed.
 
 use std::future::Future;
@@ -8,9 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetmap_service_tls::{Acceptor, ServerStream};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
@@ -30,7 +32,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let store = Store::open_with_budget(&config.db_path, config.results_budget_bytes)?;
     let addr = listener.local_addr().map_err(Error::Listener)?;
-    let url = format!("http://{addr}");
+    let acceptor = Acceptor::new(config.tls.clone(), config.header_read_timeout);
+    let url = format!("{}://{addr}", acceptor.scheme());
     if let Some(path) = &config.addr_file {
         write_addr_file(path, &url)?;
     }
@@ -40,7 +43,7 @@ pub async fn run(
         None
     };
     let state = State::with_api_keys(config, store, api_keys);
-    info!(%url, db = %state.config.db_path.display(), api_keys = state.api_keys.is_some(), "coordinator listening");
+    info!(%url, db = %state.config.db_path.display(), api_keys = state.api_keys.is_some(), tls = acceptor.is_tls(), "coordinator listening");
     let reaper = tokio::spawn(registry::run_reaper(
         state.registry.clone(),
         state.config.reap_interval(),
@@ -50,7 +53,7 @@ pub async fn run(
     crate::jobs::resume_all(&state);
 
     tokio::select! {
-        result = accept_loop(&listener, &state) => {
+        result = accept_loop(&listener, &acceptor, &state) => {
             if let Err(err) = &result {
                 error!(cause = %err, "accept loop failed");
             }
@@ -78,7 +81,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(listener: &TcpListener, state: &State) -> Result<(), Error> {
+async fn accept_loop(
+    listener: &TcpListener,
+    acceptor: &Acceptor,
+    state: &State,
+) -> Result<(), Error> {
     let limit = Arc::new(Semaphore::new(state.config.max_connections));
     let refusals = Arc::new(Semaphore::new(conn::MAX_REFUSALS));
     let client_jobs = ClientJobs::default();
@@ -100,22 +107,27 @@ async fn accept_loop(listener: &TcpListener, state: &State) -> Result<(), Error>
         // At the connection limit, answer 503 instead of serving.
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             debug!(%peer, "connection limit reached; refusing with 503");
-            conn::refuse_busy(stream, &state.config, &refusals);
+            conn::refuse_busy(stream, acceptor, &state.config, &refusals);
             continue;
         };
         let state = state.clone();
         let jobs = client_jobs.clone();
+        let acceptor = acceptor.clone();
         state.tasks.clone().spawn(async move {
-            serve_connection(stream, peer.ip(), state, jobs).await;
+            if let Err(err) = stream.set_nodelay(true) {
+                debug!(cause = %err, "cannot disable Nagle on a connection");
+            }
+            // The handshake holds the connection's permit: it counts toward the limit.
+            match acceptor.accept(stream).await {
+                Ok(stream) => serve_connection(stream, peer.ip(), state, jobs).await,
+                Err(err) => debug!(%peer, cause = %err, "TLS handshake failed; connection dropped"),
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, client: IpAddr, state: State, jobs: ClientJobs) {
-    if let Err(err) = stream.set_nodelay(true) {
-        debug!(cause = %err, "cannot disable Nagle on a connection");
-    }
+async fn serve_connection(stream: ServerStream, client: IpAddr, state: State, jobs: ClientJobs) {
     let service_state = state.clone();
     let service =
         service_fn(move |req| conn::serve(service_state.clone(), jobs.clone(), client, req));

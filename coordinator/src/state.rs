@@ -53,7 +53,7 @@ impl State {
     pub fn with_api_keys(config: Config, store: Store, api_keys: Option<ApiKeys>) -> Self {
         let registry = Registry::new(config.node_timeout, config.max_nodes);
         let jobs = Jobs::new(config.max_jobs);
-        let nodes = NodeClient::new(config.cluster_token.clone());
+        let nodes = NodeClient::new(config.cluster_token.clone(), config.node_tls.clone());
         Self {
             inner: Arc::new(Inner {
                 config,

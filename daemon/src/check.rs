@@ -1,5 +1,6 @@
 //! `fleetmapd check`: what this machine offers the daemon's configuration (CPUs and RAM, the
-//! state directory, cgroups, the worker Python, Docker, GPUs, the build CA bundle), each
+//! state directory, cgroups, the worker Python, Docker, GPUs, the build CA bundle, the TLS
+//! files), each
 //! probed for real the way serving would use it, without touching a running daemon's cgroups.
 //! A finding that makes the configuration unservable here is a failure; the report says what
 //! to change.
@@ -11,7 +12,7 @@ use std::time::Duration;
 use fleetmap_sandbox::{detect, CgroupConfig, CgroupMode, Inventory, SlotLimits};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 use crate::RuntimeKind;
 
 /// Longest the worker Python may take to answer.
@@ -157,6 +158,9 @@ pub async fn check(config: &Config) -> Report {
     findings.push(gpus(config).await);
     if let Some(path) = &config.build_ca_bundle {
         findings.push(ca_bundle(path));
+    }
+    if let Some(found) = tls(&config.tls_files) {
+        findings.push(found);
     }
     Report {
         node_id: config.node_id.clone(),
@@ -478,6 +482,31 @@ fn ca_bundle(path: &Path) -> Finding {
     }
 }
 
+/// The TLS files loaded as serving would load them; `None` when no TLS setting is given.
+fn tls(files: &TlsFiles) -> Option<Finding> {
+    const NAME: &str = "tls";
+    if files.cert.is_none() && files.key.is_none() && files.ca.is_none() {
+        return None;
+    }
+    let mut said = Vec::new();
+    match fleetmap_service_tls::server_config_from(files.cert.as_deref(), files.key.as_deref()) {
+        Ok(Some(_)) => said.push(format!(
+            "serves https with {}",
+            files.cert.as_deref().unwrap_or(Path::new("")).display()
+        )),
+        Ok(None) => said.push("serves plain http".to_string()),
+        Err(err) => return Some(finding(NAME, Verdict::Fail, err.to_string())),
+    }
+    match &files.ca {
+        Some(ca) => match fleetmap_service_tls::client_config(Some(ca)) {
+            Ok(_) => said.push(format!("trusts {} for an https coordinator", ca.display())),
+            Err(err) => return Some(finding(NAME, Verdict::Fail, err.to_string())),
+        },
+        None => said.push("trusts the system's roots for an https coordinator".to_string()),
+    }
+    Some(finding(NAME, Verdict::Ok, said.join("; ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,5 +566,30 @@ mod tests {
         )
         .expect("write");
         assert_eq!(ca_bundle(&path).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn tls_files_are_probed_only_when_given_and_a_lone_certificate_fails() {
+        assert!(tls(&TlsFiles::default()).is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "not pem").expect("write");
+        let lone = tls(&TlsFiles {
+            cert: Some(cert.clone()),
+            ..TlsFiles::default()
+        })
+        .expect("a finding");
+        assert_eq!(lone.verdict, Verdict::Fail, "{lone:?}");
+        assert!(lone.detail.contains("tls_key_file"), "{lone:?}");
+        let garbage_ca = tls(&TlsFiles {
+            ca: Some(cert),
+            ..TlsFiles::default()
+        })
+        .expect("a finding");
+        assert_eq!(garbage_ca.verdict, Verdict::Fail, "{garbage_ca:?}");
+        assert!(
+            garbage_ca.detail.contains("holds no PEM certificate"),
+            "{garbage_ca:?}"
+        );
     }
 }

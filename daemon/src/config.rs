@@ -1,10 +1,12 @@
 //! What a daemon is started with: identity, paths, cgroup settings and resource limits.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::ClusterToken;
 use fleetmap_sandbox::{CgroupConfig, CgroupMode, DEFAULT_CGROUP_ROOT, DEFAULT_PROC_ROOT};
+use fleetmap_service_tls::{ClientConfig, ServerConfig};
 
 use crate::drain::Drain;
 
@@ -71,6 +73,26 @@ pub struct Config {
     /// (`--test-only-simulated-slots`); instances then share the real CPUs. For scale
     /// benchmarks of the coordinator, never for real work.
     pub simulated_slots: Option<u32>,
+    /// TLS the daemon serves with (`--tls-cert-file` and `--tls-key-file`); `None`: plain
+    /// HTTP. The handshake counts toward `max_connections` and is bounded by
+    /// `header_read_timeout`.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// What an `https://` coordinator is verified against (`--tls-ca-file`); `None`: the
+    /// system's roots.
+    pub coordinator_tls: Option<Arc<ClientConfig>>,
+    /// The TLS files as configured, for `fleetmapd check`.
+    pub tls_files: TlsFiles,
+}
+
+/// The TLS settings' files, as given.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// `--tls-cert-file`: the PEM certificate chain served.
+    pub cert: Option<PathBuf>,
+    /// `--tls-key-file`: its private key.
+    pub key: Option<PathBuf>,
+    /// `--tls-ca-file`: the CA(s) an `https://` coordinator is verified against.
+    pub ca: Option<PathBuf>,
 }
 
 /// Where the daemon reads its GPUs from.
@@ -128,6 +150,9 @@ impl Config {
             cluster_token: None,
             drain: Drain::new(),
             simulated_slots: None,
+            tls: None,
+            coordinator_tls: None,
+            tls_files: TlsFiles::default(),
         }
     }
 

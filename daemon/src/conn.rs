@@ -1,10 +1,12 @@
 //! Per-connection HTTP limits: how every connection's hyper builder is configured (head size,
-//! head read timeout) and the one 503 answer a connection beyond the limit gets.
+//! head read timeout) and the one 503 answer a connection beyond the limit gets (after its TLS
+//! handshake, when TLS is on).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::{ErrorBody, ErrorCode};
+use fleetmap_service_tls::Acceptor;
 use http::{header, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -33,23 +35,39 @@ pub fn builder(limits: &Limits) -> http1::Builder {
     builder
 }
 
-/// Answers one request on `stream` with 503 (the connection limit is reached) and closes it.
-/// At most [`MAX_REFUSALS`] run at once (`refusals`); beyond that the stream is just closed.
-pub fn refuse_busy(stream: TcpStream, limits: &Limits, refusals: &Arc<Semaphore>) {
+/// Answers one request on `stream` with 503 (the connection limit is reached) and closes it;
+/// with TLS on, the handshake comes first, within the same short time. At most
+/// [`MAX_REFUSALS`] run at once (`refusals`); beyond that the stream is just closed.
+pub fn refuse_busy(
+    stream: TcpStream,
+    acceptor: &Acceptor,
+    limits: &Limits,
+    refusals: &Arc<Semaphore>,
+) {
     let Ok(permit) = refusals.clone().try_acquire_owned() else {
         return;
     };
     let max = limits.max_connections;
     let mut builder = builder(limits);
     builder.keep_alive(false);
+    let acceptor = acceptor.clone();
     tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let stream = match acceptor.accept_within(stream, REFUSAL_TIME).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                debug!(cause = %err, "refused connection's TLS handshake failed");
+                return;
+            }
+        };
         let conn = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |_request| async move {
                 Ok::<_, std::convert::Infallible>(busy_answer(max))
             }),
         );
-        match tokio::time::timeout(REFUSAL_TIME, conn).await {
+        let left = REFUSAL_TIME.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, conn).await {
             Ok(Err(err)) => debug!(cause = %err, "refused connection ended with an error"),
             Err(_) => debug!("refused connection timed out"),
             Ok(Ok(())) => {}

@@ -1,14 +1,17 @@
 //! Registration with the coordinator and heartbeats (`docs/protocol.md` §3 "Coordinator"),
-//! each carrying the cluster token when one is configured. An unreachable coordinator is
+//! each carrying the cluster token when one is configured, over HTTPS (verified against
+//! `--tls-ca-file` or the system's roots) when the coordinator's URL is `https://`. An unreachable coordinator is
 //! retried with backoff for as long as the daemon runs; a 404 to a heartbeat (the coordinator
 //! forgot this node) means registering again; a 401 is logged with the coordinator's sentence.
 //! When the node drains, a heartbeat saying so goes out at once, heartbeats continue until the
 //! last job ended, then the node leaves (`DELETE /v1/nodes/{id}`) and the drain is finished.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::{HeartbeatAnswer, NodeRegistration};
 use bytes::Bytes;
+use fleetmap_service_tls::{ClientConfig, HttpsConnector};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,7 +33,7 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Heartbeat interval while draining, so the node leaves soon after its last job ends.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector, Full<Bytes>>;
 
 /// Why one request to the coordinator failed.
 #[derive(Debug)]
@@ -56,11 +59,21 @@ struct Link {
     authorization: Option<String>,
 }
 
-/// Registers and heartbeats until `shutdown` is cancelled, or until a drain finished.
-pub async fn heartbeat(daemon: Daemon, coordinator: String, shutdown: CancellationToken) {
+/// Registers and heartbeats until `shutdown` is cancelled, or until a drain finished; an
+/// `https://` coordinator is verified with `tls` (`None`: against the system's roots).
+pub async fn heartbeat(
+    daemon: Daemon,
+    coordinator: String,
+    tls: Option<Arc<ClientConfig>>,
+    shutdown: CancellationToken,
+) {
+    let tls = tls.unwrap_or_else(fleetmap_service_tls::system_client_config);
     let link = Link {
         base: coordinator.trim_end_matches('/').to_string(),
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: Client::builder(TokioExecutor::new()).build(fleetmap_service_tls::https_connector(
+            HttpConnector::new(),
+            &tls,
+        )),
         authorization: daemon
             .inner()
             .cluster_token
@@ -192,7 +205,7 @@ async fn call<T: serde::Serialize>(
             .client
             .request(request)
             .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            .map_err(|e| CallError::Unreachable(describe(&e)))?;
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
@@ -211,4 +224,17 @@ async fn call<T: serde::Serialize>(
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(CallError::Unreachable("timed out".into())))
+}
+
+/// The error and its causes in one line (hyper's top-level message hides a refused
+/// certificate).
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

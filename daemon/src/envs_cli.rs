@@ -1,5 +1,6 @@
 //! `fleetmapd envs`: asks a running daemon which runtime, base and built environments it has
-//! (`GET /v1/environments`) and prints them.
+//! (`GET /v1/environments`) and prints them; an `https://` daemon is verified against the CA
+//! file given, or the system's roots.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use agent_proto::EnvironmentsInfo;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -19,6 +21,7 @@ pub async fn show(
     url: Option<String>,
     addr_file: Option<PathBuf>,
     json: bool,
+    ca_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let base = match (url, addr_file) {
         (Some(url), _) => url,
@@ -29,11 +32,14 @@ pub async fn show(
         (None, None) => bail!("pass --url or --addr-file"),
     };
     let uri = format!("{}/v1/environments", base.trim_end_matches('/'));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let tls = fleetmap_service_tls::client_config(ca_file.as_deref())?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(
+        fleetmap_service_tls::https_connector(HttpConnector::new(), &tls),
+    );
     let response = tokio::time::timeout(TIMEOUT, client.get(uri.parse().context("bad --url")?))
         .await
         .with_context(|| format!("{uri} did not answer within {} s", TIMEOUT.as_secs()))?
-        .with_context(|| format!("cannot reach {uri}"))?;
+        .map_err(|err| anyhow::Error::new(err).context(format!("cannot reach {uri}")))?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {

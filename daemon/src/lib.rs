@@ -11,7 +11,7 @@
 //! - [`gpus`]: the GPU inventory (NVML, or a test-only list) read into the allocator;
 //! - [`coordinator`]: registration and heartbeats (with the cluster token), leaving after a drain;
 //! - [`drain`]: draining (no new work, finish what runs, leave);
-//! - [`server`]: the accept loop, startup and graceful shutdown.
+//! - [`server`]: the accept loop (TLS when configured), startup and graceful shutdown.
 //!
 //! The daemon never unpickles anything: payloads stay opaque `Bytes`.
 
@@ -33,7 +33,7 @@ pub mod server;
 pub mod simulated;
 pub mod state;
 
-pub use config::{Config, GpuSource, Limits, RuntimeKind};
+pub use config::{Config, GpuSource, Limits, RuntimeKind, TlsFiles};
 pub use drain::Drain;
 pub use error::DaemonError;
 pub use server::run;

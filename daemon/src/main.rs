@@ -47,6 +47,10 @@ enum Command {
         /// Print the raw JSON answer of `GET /v1/environments`.
         #[arg(long)]
         json: bool,
+        /// PEM CA certificate(s) an `https://` daemon is verified against (default: the
+        /// daemon's own `tls_ca_file` setting, else the system's roots).
+        #[arg(long, value_name = "PATH")]
+        tls_ca_file: Option<PathBuf>,
     },
 }
 
@@ -152,6 +156,17 @@ struct Args {
     /// --cgroups off). For coordinator scale benchmarks; never for real work.
     #[arg(long, value_name = "N")]
     test_only_simulated_slots: Option<u32>,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key-file); without both, plain
+    /// HTTP. The default --advertise URL is then `https://`.
+    #[arg(long, value_name = "PATH")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file's first certificate.
+    #[arg(long, value_name = "PATH")]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) an `https://` coordinator is verified against (default: the
+    /// system's roots).
+    #[arg(long, value_name = "PATH")]
+    tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -200,7 +215,13 @@ fn main() -> ExitCode {
             url,
             addr_file,
             json,
-        }) => runtime.block_on(envs_cli::show(url, addr_file, json)),
+            tls_ca_file,
+        }) => runtime.block_on(envs_cli::show(
+            url,
+            addr_file,
+            json,
+            tls_ca_file.or(args.tls_ca_file),
+        )),
         None if args.check => {
             return match runtime.block_on(check(args)) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -211,7 +232,17 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => runtime.block_on(serve(args)),
+        None => {
+            // A TLS setting that cannot serve is refused like any other bad setting.
+            let tls = match load_tls(&args) {
+                Ok(tls) => tls,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(fleetmap_service_config::EXIT_CONFIG);
+                }
+            };
+            runtime.block_on(serve(args, tls))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,6 +274,23 @@ async fn check(args: Args) -> anyhow::Result<bool> {
     let report = fleetmapd::check::check(&config).await;
     print!("{}", report.render());
     Ok(report.passed())
+}
+
+/// The TLS settings loaded: what the daemon serves with and what it trusts of the coordinator.
+struct Tls {
+    server: Option<std::sync::Arc<fleetmap_service_tls::ServerConfig>>,
+    coordinator: std::sync::Arc<fleetmap_service_tls::ClientConfig>,
+}
+
+/// Loads the TLS files; a refusal is a setting's error (exit code 2).
+fn load_tls(args: &Args) -> Result<Tls, fleetmap_service_tls::TlsError> {
+    Ok(Tls {
+        server: fleetmap_service_tls::server_config_from(
+            args.tls_cert_file.as_deref(),
+            args.tls_key_file.as_deref(),
+        )?,
+        coordinator: fleetmap_service_tls::client_config(args.tls_ca_file.as_deref())?,
+    })
 }
 
 /// The daemon's configuration from its flags, and the drain timeout.
@@ -296,15 +344,22 @@ fn config_from(args: Args) -> anyhow::Result<(Config, Duration)> {
     config.env_warm_max = args.env_warm_max;
     config.scratch_bytes = args.scratch_mib.saturating_mul(1 << 20);
     config.env_pool_size = args.env_pool_size;
+    config.tls_files = fleetmapd::TlsFiles {
+        cert: args.tls_cert_file,
+        key: args.tls_key_file,
+        ca: args.tls_ca_file,
+    };
     Ok((config, drain_timeout))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, tls: Tls) -> anyhow::Result<()> {
     let listen = args.listen;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let (mut config, drain_timeout) = config_from(args)?;
+    config.tls = tls.server;
+    config.coordinator_tls = Some(tls.coordinator);
     let drain = Drain::new();
     config.drain = drain.clone();
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

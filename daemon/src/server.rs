@@ -1,5 +1,6 @@
 //! Startup, the accept loop and graceful shutdown: [`run`] is what `main` and the black-box
-//! tests call with a bound listener and a shutdown future.
+//! tests call with a bound listener and a shutdown future. With TLS configured each accepted
+//! connection is handshaken first, holding its connection permit, within the head read timeout.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use agent_proto::JobState;
 use fleetmap_sandbox::{detect, Inventory, SlotCgroups, SlotLimits};
+use fleetmap_service_tls::Acceptor;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -96,7 +98,8 @@ pub async fn run(
     crate::gpus::refresh(&gpu_inventory, &capacity).await;
 
     let local = listener.local_addr().map_err(DaemonError::Listener)?;
-    let base_url = format!("http://{local}");
+    let acceptor = Acceptor::new(config.tls.clone(), config.limits.header_read_timeout);
+    let base_url = format!("{}://{local}", acceptor.scheme());
     let daemon = Daemon::new(Inner {
         node_id: config.node_id.clone(),
         address: config.advertise.clone().unwrap_or_else(|| base_url.clone()),
@@ -128,6 +131,7 @@ pub async fn run(
         tokio::spawn(crate::coordinator::heartbeat(
             daemon.clone(),
             coordinator,
+            config.coordinator_tls.clone(),
             daemon.inner().shutdown.clone(),
         ));
     } else {
@@ -144,6 +148,7 @@ pub async fn run(
         pool = pool_target,
         gpus = daemon.inner().capacity.gpus().len(),
         gpu_source = gpu_inventory.source(),
+        tls = acceptor.is_tls(),
         "fleetmapd serving"
     );
 
@@ -166,18 +171,28 @@ pub async fn run(
                 // At the connection limit, answer 503 instead of serving.
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
                     debug!(%peer, "connection limit reached; refusing with 503");
-                    crate::conn::refuse_busy(stream, &config.limits, &refusals);
+                    crate::conn::refuse_busy(stream, &acceptor, &config.limits, &refusals);
                     continue;
                 };
                 let d = daemon.clone();
-                let conn = crate::conn::builder(&config.limits).serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |request| crate::api::handle(d.clone(), request)),
-                );
-                let conn = graceful.watch(conn);
+                let builder = crate::conn::builder(&config.limits);
+                let watcher = graceful.watcher();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        debug!(%peer, cause = %err, "connection ended with an error");
+                    // The handshake holds the permit: it counts toward the connection limit.
+                    match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            let conn = builder.serve_connection(
+                                TokioIo::new(stream),
+                                service_fn(move |request| crate::api::handle(d.clone(), request)),
+                            );
+                            if let Err(err) = watcher.watch(conn).await {
+                                debug!(%peer, cause = %err, "connection ended with an error");
+                            }
+                        }
+                        Err(err) => {
+                            debug!(%peer, cause = %err, "TLS handshake failed; connection dropped");
+                        }
                     }
                     drop(permit);
                 });

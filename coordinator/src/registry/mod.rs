@@ -279,13 +279,14 @@ fn normalize_address(address: &str) -> Result<String, Error> {
     let trimmed = address.trim_end_matches('/');
     let uri: http::Uri = trimmed.parse().map_err(|_| {
         Error::BadNode(format!(
-            "address {address:?} is not a URL; use http://HOST:PORT"
+            "address {address:?} is not a URL; use http://HOST:PORT or https://HOST:PORT"
         ))
     })?;
     let path_ok = uri.path().is_empty() || uri.path() == "/";
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() || !path_ok {
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.authority().is_none() || !path_ok {
         return Err(Error::BadNode(format!(
-            "address {address:?} must be a base URL like http://HOST:PORT"
+            "address {address:?} must be a base URL like http://HOST:PORT or https://HOST:PORT"
         )));
     }
     Ok(trimmed.to_owned())
@@ -315,6 +316,18 @@ mod tests {
             gpus: vec![],
             draining: false,
             environments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn addresses_are_http_or_https_base_urls() {
+        assert_eq!(
+            normalize_address("https://node-1:7071/").expect("https"),
+            "https://node-1:7071"
+        );
+        assert!(normalize_address("http://10.0.0.1:7071").is_ok());
+        for bad in ["ftp://node:21", "https://node:7071/v1", "node:7071"] {
+            assert!(normalize_address(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,7 +1,9 @@
 //! A small HTTP/1.1 client for the tests: JSON calls, and job submissions whose request body is
-//! streamed from a channel while the result stream is read.
+//! streamed from a channel while the result stream is read; `https://` URLs are verified
+//! against a given CA file, or the system's roots.
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use agent_proto::{Frame, FrameDecoder, FrameKind};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use fleetmap_service_tls::HttpsConnector;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -58,7 +61,7 @@ pub fn body_channel() -> (BodySender, ChannelBody) {
 /// The test's HTTP client.
 #[derive(Debug, Clone)]
 pub struct Http {
-    client: Client<HttpConnector, ChannelBody>,
+    client: Client<HttpsConnector, ChannelBody>,
     /// `Authorization` value sent on every request (a cluster token), if any.
     authorization: Option<String>,
 }
@@ -70,11 +73,31 @@ impl Default for Http {
 }
 
 impl Http {
-    /// A pooled client.
+    /// A pooled client (`https://` verified against the system's roots).
     pub fn new() -> Self {
+        Self::with_tls(&fleetmap_service_tls::system_client_config())
+    }
+
+    /// A pooled client that verifies `https://` servers against the CA certificates in `ca`.
+    pub fn trusting(ca: &Path) -> Result<Self> {
+        let tls = fleetmap_service_tls::client_config(Some(ca))?;
+        Ok(Self::with_tls(&tls))
+    }
+
+    fn with_tls(tls: &fleetmap_service_tls::ClientConfig) -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(
+                fleetmap_service_tls::https_connector(HttpConnector::new(), tls),
+            ),
             authorization: None,
+        }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` on every request.
+    pub fn token(self, token: &str) -> Self {
+        Self {
+            authorization: Some(format!("Bearer {token}")),
+            ..self
         }
     }
 

@@ -177,7 +177,7 @@ pub fn wait_addr(proc: &mut Proc, path: &Path, timeout: Duration) -> Result<Stri
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(url) = std::fs::read_to_string(path) {
-            if url.starts_with("http://") {
+            if url.starts_with("http://") || url.starts_with("https://") {
                 return Ok(url.trim().to_owned());
             }
         }

@@ -122,6 +122,45 @@ fn each_kind_of_bad_setting_is_refused_with_its_sentence_and_exit_code_2() -> Re
         &[],
         "unknown key `port`",
     )?;
+
+    // TLS: one file without the other, a file that is not PEM, one that cannot be read.
+    let garbage = write(dir.path(), "garbage.pem", "not a certificate\n")?;
+    let lone_cert = write(
+        dir.path(),
+        "lone-cert.toml",
+        &format!("{base}tls_cert_file = \"{garbage}\"\n"),
+    )?;
+    refused(
+        "fleetmapd",
+        &["--config", &lone_cert],
+        &[],
+        "tls_key_file is not: set both to serve HTTPS, or neither",
+    )?;
+    refused(
+        "fleetmap-coordinator",
+        &["--db", "x.db"],
+        &[("FLEETMAP_COORDINATOR_TLS_KEY_FILE", &garbage)],
+        "tls_cert_file is not",
+    )?;
+    refused(
+        "fleetmap-coordinator",
+        &[
+            "--db",
+            "x.db",
+            "--tls-cert-file",
+            &garbage,
+            "--tls-key-file",
+            &garbage,
+        ],
+        &[],
+        &format!("tls_cert_file {garbage} holds no PEM certificate: point it at the server's certificate chain"),
+    )?;
+    refused(
+        "fleetmapd",
+        &["--config", &write(dir.path(), "ok-tls.toml", &base)?],
+        &[("FLEETMAPD_TLS_CA_FILE", "/nonexistent/ca.pem")],
+        "cannot read tls_ca_file /nonexistent/ca.pem",
+    )?;
     Ok(())
 }
 

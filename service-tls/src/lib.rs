@@ -1,0 +1,31 @@
+//! Optional TLS for fleetmap's services, on rustls with the `ring` provider.
+//!
+//! - [`server_config`] / [`server_config_from`]: a PEM certificate chain and private key (the
+//!   `tls_cert_file` and `tls_key_file` settings) as a rustls `ServerConfig`;
+//! - [`Acceptor`]: what an accept loop wraps each TCP connection with: a timed TLS handshake when
+//!   TLS is configured, the plain stream otherwise, as one [`ServerStream`] type for hyper;
+//! - [`client_config`] and [`https_connector`]: a verifying client that trusts a CA file (the
+//!   `tls_ca_file` setting) or else the system's roots, speaking `https://` and `http://` alike.
+//!
+//! No client certificates (mTLS): the cluster token and API keys authenticate, TLS encrypts and
+//! proves the server's name. Every error is one sentence naming the setting and what to change.
+
+mod client;
+mod error;
+mod pem;
+mod server;
+
+pub use client::{client_config, https_connector, system_client_config, HttpsConnector};
+pub use error::{HandshakeError, TlsError};
+pub use server::{server_config, server_config_from, Acceptor, ServerStream, SERVER_ALPN};
+
+/// The crypto provider every config here is built on: `ring`, so no C toolchain beyond a C
+/// compiler (no cmake, no aws-lc) is needed to build the services. rustls 0.23.48 deprecates it
+/// for lacking post-quantum key exchange; that is the price of the simpler build, taken knowingly.
+#[allow(deprecated)]
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls config types, so the services need no direct rustls dependency.
+pub use rustls::{ClientConfig, ServerConfig};
