@@ -25,6 +25,15 @@ impl JobRun {
         self.publish_counts();
         self.handle
             .set_state(outcome.state, outcome.message.clone());
+        // A detached job with all its inputs stored that only the coordinator's shutdown
+        // stopped stays `running` in the store: the next start resumes it.
+        let suspended = outcome.state == JobState::Cancelled
+            && self.state.shutdown.is_cancelled()
+            && self.handle.keeper().is_some_and(|k| k.is_complete());
+        // Counted before END too: a client that saw END sees the job in `/metrics`.
+        if !suspended {
+            self.state.metrics.job_finished(outcome.state);
+        }
         let cancels = if outcome.state == JobState::Completed {
             JoinSet::new()
         } else {
@@ -72,19 +81,13 @@ impl JobRun {
             message = outcome.message.as_deref().unwrap_or(""),
             "job ended"
         );
-        // A detached job with all its inputs stored that only the coordinator's shutdown
-        // stopped stays `running` in the store: the next start resumes it.
         let keeper = self.handle.keeper();
-        let suspended = outcome.state == JobState::Cancelled
-            && self.state.shutdown.is_cancelled()
-            && keeper.is_some_and(|k| k.is_complete());
         if suspended {
             info!(job = %job_id, "detached job suspended by the shutdown; the next coordinator start on this database resumes it");
         } else {
             if let Some(keeper) = keeper {
                 keeper.forget().await;
             }
-            self.state.metrics.job_finished(outcome.state);
             self.state.store.put(record).await;
         }
         self.state.jobs.remove(&self.handle);

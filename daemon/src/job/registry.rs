@@ -37,6 +37,16 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Counts a job that ended in `state` (nothing for a state that is not an end).
+    fn count_end(&mut self, state: JobState) {
+        match state {
+            JobState::Completed => self.completed += 1,
+            JobState::Failed => self.failed += 1,
+            JobState::Cancelled => self.cancelled += 1,
+            JobState::Starting | JobState::Running => {}
+        }
+    }
+
     fn add_inputs(&mut self, done: u64, failures: &[u64; FailureKind::ALL.len()]) {
         self.inputs_done += done;
         for (total, n) in self.failures_by_kind.iter_mut().zip(failures) {
@@ -136,12 +146,16 @@ impl Registry {
     }
 
     /// Totals of ended jobs plus the inputs of live ones, read under one lock so a job moving
-    /// from live to ended is counted once.
+    /// from live to ended is counted once. A live job whose state is already final (its END
+    /// is sent; its instances are still winding down) counts as ended: a client that saw the
+    /// END sees it in `/metrics` too.
     pub fn totals(&self) -> Totals {
         let state = self.lock();
         let mut totals = state.finished.clone();
         for job in state.live.values() {
-            totals.add_inputs(job.status().done, &job.failures_by_kind());
+            let status = job.status();
+            totals.add_inputs(status.done, &job.failures_by_kind());
+            totals.count_end(status.state);
         }
         totals
     }
@@ -152,14 +166,8 @@ impl Registry {
         let failures = job.failures_by_kind();
         let mut state = self.lock();
         if state.live.remove(job.id()).is_some() {
-            let finished = &mut state.finished;
-            match status.state {
-                JobState::Completed => finished.completed += 1,
-                JobState::Failed => finished.failed += 1,
-                JobState::Cancelled => finished.cancelled += 1,
-                JobState::Starting | JobState::Running => {}
-            }
-            finished.add_inputs(status.done, &failures);
+            state.finished.count_end(status.state);
+            state.finished.add_inputs(status.done, &failures);
         }
         state.ended.insert(status.job_id.clone(), status);
         state.order.push_back(job.id().to_string());
