@@ -2,6 +2,7 @@
 //! the coordinator until SIGTERM or SIGINT; `fleetmap-coordinator keys ...` manages API keys.
 //! Errors become exit codes here and nowhere else (2: a refused setting, 1: anything else).
 
+use fleetmap_service_tls::Settings as TlsSettings;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -119,21 +120,13 @@ struct Args {
     tls_ca_file: Option<PathBuf>,
 }
 
-/// The TLS settings loaded: what the coordinator serves with and what it trusts of nodes.
-struct Tls {
-    server: Option<std::sync::Arc<fleetmap_service_tls::ServerConfig>>,
-    nodes: std::sync::Arc<fleetmap_service_tls::ClientConfig>,
-}
-
 /// Loads the TLS files; a refusal is a setting's error (exit code 2).
-fn load_tls(args: &Args) -> Result<Tls, fleetmap_service_tls::TlsError> {
-    Ok(Tls {
-        server: fleetmap_service_tls::server_config_from(
-            args.tls_cert_file.as_deref(),
-            args.tls_key_file.as_deref(),
-        )?,
-        nodes: fleetmap_service_tls::client_config(args.tls_ca_file.as_deref())?,
-    })
+fn load_tls(args: &Args) -> Result<TlsSettings, fleetmap_service_tls::TlsError> {
+    fleetmap_service_tls::load(
+        args.tls_cert_file.as_deref(),
+        args.tls_key_file.as_deref(),
+        args.tls_ca_file.as_deref(),
+    )
 }
 
 fn main() -> ExitCode {
@@ -185,7 +178,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn serve(args: Args, tls: Tls) -> anyhow::Result<()> {
+async fn serve(args: Args, tls: TlsSettings) -> anyhow::Result<()> {
     let Some(db) = &args.db else {
         anyhow::bail!("--db is required to serve");
     };
@@ -206,7 +199,7 @@ async fn serve(args: Args, tls: Tls) -> anyhow::Result<()> {
             .transpose()?;
     config.require_api_keys = args.require_api_keys;
     config.tls = tls.server;
-    config.node_tls = Some(tls.nodes);
+    config.node_tls = Some(tls.client);
     if args.require_api_keys && config.cluster_token.is_none() {
         anyhow::bail!("--require-api-keys needs a cluster token as well (--cluster-token-file or FLEETMAP_CLUSTER_TOKEN): without one any host could register as a node");
     }

@@ -105,9 +105,9 @@ impl NodeClient {
         Ok((
             tx,
             Box::pin(async move {
-                response
-                    .await
-                    .map_err(|err| NodeCallError::Connection(describe(&err)))
+                response.await.map_err(|err| {
+                    NodeCallError::Connection(fleetmap_service_tls::error_chain(&err))
+                })
             }),
         ))
     }
@@ -131,11 +131,9 @@ impl NodeClient {
             Body::empty(),
         )?;
         let call = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|err| NodeCallError::Connection(describe(&err)))?;
+            let response = self.http.request(request).await.map_err(|err| {
+                NodeCallError::Connection(fleetmap_service_tls::error_chain(&err))
+            })?;
             let status = response.status();
             let body = http_body_util::Limited::new(response.into_body(), 64 << 20)
                 .collect()
@@ -173,11 +171,9 @@ impl NodeClient {
             Body::empty(),
         )?;
         let call = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|err| NodeCallError::Connection(describe(&err)))?;
+            let response = self.http.request(request).await.map_err(|err| {
+                NodeCallError::Connection(fleetmap_service_tls::error_chain(&err))
+            })?;
             let status = response.status();
             // Reading the body to its end puts the connection back in the pool.
             let body = response
@@ -227,16 +223,4 @@ fn build(method: Method, url: &str, body: Body) -> Result<Request<Body>, NodeCal
         HeaderValue::from_static(FRAMES_CONTENT_TYPE),
     );
     Ok(request)
-}
-
-/// The error and its causes in one line (hyper's top-level message alone says little).
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -205,7 +205,7 @@ async fn call<T: serde::Serialize>(
             .client
             .request(request)
             .await
-            .map_err(|e| CallError::Unreachable(describe(&e)))?;
+            .map_err(|e| CallError::Unreachable(fleetmap_service_tls::error_chain(&e)))?;
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
@@ -224,17 +224,4 @@ async fn call<T: serde::Serialize>(
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(CallError::Unreachable("timed out".into())))
-}
-
-/// The error and its causes in one line (hyper's top-level message hides a refused
-/// certificate).
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

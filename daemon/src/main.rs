@@ -3,6 +3,7 @@
 //! second SIGTERM or SIGINT stops at once); SIGINT stops at once. Errors become exit codes here
 //! and nowhere else.
 
+use fleetmap_service_tls::Settings as TlsSettings;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -276,21 +277,13 @@ async fn check(args: Args) -> anyhow::Result<bool> {
     Ok(report.passed())
 }
 
-/// The TLS settings loaded: what the daemon serves with and what it trusts of the coordinator.
-struct Tls {
-    server: Option<std::sync::Arc<fleetmap_service_tls::ServerConfig>>,
-    coordinator: std::sync::Arc<fleetmap_service_tls::ClientConfig>,
-}
-
 /// Loads the TLS files; a refusal is a setting's error (exit code 2).
-fn load_tls(args: &Args) -> Result<Tls, fleetmap_service_tls::TlsError> {
-    Ok(Tls {
-        server: fleetmap_service_tls::server_config_from(
-            args.tls_cert_file.as_deref(),
-            args.tls_key_file.as_deref(),
-        )?,
-        coordinator: fleetmap_service_tls::client_config(args.tls_ca_file.as_deref())?,
-    })
+fn load_tls(args: &Args) -> Result<TlsSettings, fleetmap_service_tls::TlsError> {
+    fleetmap_service_tls::load(
+        args.tls_cert_file.as_deref(),
+        args.tls_key_file.as_deref(),
+        args.tls_ca_file.as_deref(),
+    )
 }
 
 /// The daemon's configuration from its flags, and the drain timeout.
@@ -352,14 +345,14 @@ fn config_from(args: Args) -> anyhow::Result<(Config, Duration)> {
     Ok((config, drain_timeout))
 }
 
-async fn serve(args: Args, tls: Tls) -> anyhow::Result<()> {
+async fn serve(args: Args, tls: TlsSettings) -> anyhow::Result<()> {
     let listen = args.listen;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let (mut config, drain_timeout) = config_from(args)?;
     config.tls = tls.server;
-    config.coordinator_tls = Some(tls.coordinator);
+    config.coordinator_tls = Some(tls.client);
     let drain = Drain::new();
     config.drain = drain.clone();
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;

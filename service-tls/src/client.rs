@@ -160,7 +160,7 @@ mod tests {
             .get(format!("https://127.0.0.1:{port}/").parse().expect("uri"))
             .await
             .expect_err("an unknown CA is refused");
-        let chain = describe(&refused);
+        let chain = crate::error_chain(&refused);
         assert!(
             chain.contains("certificate") || chain.contains("UnknownIssuer"),
             "{chain}"
@@ -182,16 +182,5 @@ mod tests {
                 && err.to_string().contains("holds no PEM certificate"),
             "{err}"
         );
-    }
-
-    fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
     }
 }

@@ -29,3 +29,38 @@ fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 
 /// The rustls config types, so the services need no direct rustls dependency.
 pub use rustls::{ClientConfig, ServerConfig};
+
+/// A service's TLS settings loaded: what it serves with (`None`: plain HTTP) and what it
+/// trusts of the `https://` peers it calls.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// From `tls_cert_file` and `tls_key_file`, both or neither.
+    pub server: Option<std::sync::Arc<ServerConfig>>,
+    /// From `tls_ca_file`, else the system's roots.
+    pub client: std::sync::Arc<ClientConfig>,
+}
+
+/// Loads the `tls_cert_file`, `tls_key_file` and `tls_ca_file` settings of a service.
+pub fn load(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    ca: Option<&std::path::Path>,
+) -> Result<Settings, TlsError> {
+    Ok(Settings {
+        server: server_config_from(cert, key)?,
+        client: client_config(ca)?,
+    })
+}
+
+/// An error and its causes in one line: hyper's top-level message alone ("client error
+/// (Connect)") hides the refused certificate or the refused connection underneath.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
