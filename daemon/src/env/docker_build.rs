@@ -8,6 +8,7 @@
 //! `FROM` of a user's Dockerfile and in generated ones.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{BuildImageOptionsBuilder, ListImagesOptions, RemoveImageOptions};
@@ -18,6 +19,7 @@ use futures_util::{FutureExt, StreamExt};
 use super::build_log::BuildLog;
 use super::cache::{Builder, Built};
 use super::clone;
+use super::disk;
 use super::index::IndexEntry;
 use super::key::KeyBase;
 use super::recipe::{self, ContextEntry, Recipe};
@@ -163,7 +165,7 @@ impl DockerBuilder {
     /// The sentence for a build that ran out of disk (ENOSPC in the engine's error or the
     /// log's tail): the engine's data root, its free space now, and what to change.
     async fn disk_full(&self, message: &str, tail: &str) -> Option<String> {
-        if !mentions_no_space(message) && !mentions_no_space(tail) {
+        if !disk::mentions_no_space(message) && !disk::mentions_no_space(tail) {
             return None;
         }
         let root = self
@@ -173,14 +175,7 @@ impl DockerBuilder {
             .ok()
             .and_then(|info| info.docker_root_dir)
             .unwrap_or_else(|| "/var/lib/docker".to_string());
-        let free = nix::sys::statvfs::statvfs(root.as_str())
-            .map(|s| {
-                // fsblkcnt_t and c_ulong are not u64 on every target.
-                #[allow(clippy::unnecessary_cast)]
-                let bytes = s.blocks_available() as u64 * s.fragment_size() as u64;
-                format!("{} MiB free now", bytes >> 20)
-            })
-            .unwrap_or_else(|_| "free space unknown".to_string());
+        let free = disk::free_now(Path::new(&root));
         Some(format!(
             "the node's disk is full: the environment image ran out of space in the Docker engine's data root {root} ({free}); the failed build's containers were removed. Free space on the node (docker system prune removes unused images and build cache), or lower fleetmapd --env-disk-budget-gb so fewer environment images are kept, then run the job again"
         ))
@@ -214,14 +209,6 @@ impl DockerBuilder {
 }
 
 /// The Python version the probe step printed.
-/// Whether an engine's or a build step's text reports ENOSPC (`dd`, `cp`, pip and the
-/// engine's own layer copies all say it this way, in either case).
-fn mentions_no_space(text: &str) -> bool {
-    text.to_ascii_lowercase()
-        .contains("no space left on device")
-        || text.contains("[Errno 28]")
-}
-
 fn probed_python(log: &str) -> Option<String> {
     log.lines()
         .rev()
@@ -386,20 +373,6 @@ impl Builder for DockerBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn enospc_is_recognised_however_a_step_says_it() {
-        assert!(mentions_no_space(
-            "dd: error writing '/fill': No space left on device"
-        ));
-        assert!(mentions_no_space(
-            "failed to copy files: write /var/lib/docker/vfs/dir/x: no space left on device"
-        ));
-        assert!(mentions_no_space("OSError: [Errno 28] while installing"));
-        assert!(!mentions_no_space(
-            "The command '/bin/sh -c false' returned a non-zero code: 1"
-        ));
-    }
 
     #[test]
     fn the_probe_line_names_the_python() {

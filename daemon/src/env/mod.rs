@@ -11,6 +11,7 @@
 pub mod build_log;
 pub mod cache;
 pub mod clone;
+pub mod disk;
 pub mod docker_build;
 pub mod index;
 pub mod key;

@@ -21,6 +21,7 @@ use tokio::process::Command;
 use super::build_log::BuildLog;
 use super::cache::{Builder, Built};
 use super::clone::{self, Installed};
+use super::disk;
 use super::index::IndexEntry;
 use super::key::KeyBase;
 use super::recipe::Recipe;
@@ -233,18 +234,10 @@ impl Drop for Building {
 
 /// The sentence for a build that ran out of disk (ENOSPC in the error or the log's tail).
 fn disk_full(root: &Path, message: &str, tail: &str) -> Option<String> {
-    let full = |text: &str| text.contains("No space left on device") || text.contains("[Errno 28]");
-    if !full(message) && !full(tail) {
+    if !disk::mentions_no_space(message) && !disk::mentions_no_space(tail) {
         return None;
     }
-    let free = nix::sys::statvfs::statvfs(root)
-        .map(|s| {
-            // fsblkcnt_t and c_ulong are not u64 on every target.
-            #[allow(clippy::unnecessary_cast)]
-            let bytes = s.blocks_available() as u64 * s.fragment_size() as u64;
-            format!("{} MiB free now", bytes >> 20)
-        })
-        .unwrap_or_else(|_| "free space unknown".to_string());
+    let free = disk::free_now(root);
     Some(format!(
         "the node's disk is full: the environment build ran out of space in {} ({free}); the half-built environment was removed. Free space on the node, or lower fleetmapd --env-disk-budget-gb so fewer environments are kept, then run the job again",
         root.display()
