@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use agent_proto::{EnvSpec, JobState};
 use fleetmap_sandbox::CgroupMode;
+use fleetmapd::env::disk::free_bytes;
 use fleetmapd::RuntimeKind;
 use private_engine::{PrivateEngine, IMAGE};
 use support::{function, run_job, spec, TestDaemon};
@@ -21,14 +22,6 @@ const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The engine's disk: the base image (about 145 MiB, copied whole per layer by `vfs`), one
 /// warm container, the build's layers, and not much more.
 const DISK_MIB: u32 = 1024;
-
-/// Free bytes of the filesystem holding `path`.
-fn free_bytes(path: &std::path::Path) -> u64 {
-    let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");
-    #[allow(clippy::unnecessary_cast)]
-    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    free
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_docker_build_that_fills_the_disk_fails_with_what_to_do_and_gives_the_space_back() {
@@ -52,7 +45,7 @@ async fn a_docker_build_that_fills_the_disk_fails_with_what_to_do_and_gives_the_
     })
     .await;
     let data_root = engine.data_root();
-    let free_before = free_bytes(&data_root);
+    let free_before = free_bytes(&data_root).expect("statvfs");
 
     // A step that writes more than the disk holds.
     let fill = format!(
@@ -92,7 +85,7 @@ async fn a_docker_build_that_fills_the_disk_fails_with_what_to_do_and_gives_the_
 
     // The disk was full when the step failed; its container is gone, so what it wrote is
     // free again (the layers before the step stay, as build cache).
-    let free_after = free_bytes(&data_root);
+    let free_after = free_bytes(&data_root).expect("statvfs");
     eprintln!(
         "engine disk: {} MiB free before the build, {} MiB after it failed",
         free_before >> 20,
@@ -105,21 +98,7 @@ async fn a_docker_build_that_fills_the_disk_fails_with_what_to_do_and_gives_the_
     );
 
     // The same daemon runs the next job, on the same engine.
-    let ok = tokio::time::timeout(
-        Duration::from_secs(120),
-        run_job(
-            daemon.addr,
-            &spec("after-disk-full"),
-            &function("double", None),
-            0..20,
-        ),
-    )
-    .await
-    .expect("the next job ends");
-    assert_eq!(ok.end().state, JobState::Completed, "{:?}", ok.end());
-    for i in 0..20u64 {
-        assert_eq!(ok.int(i), Some(2 * i as i64), "input {i}");
-    }
+    support::run_doubles(daemon.addr, "after-disk-full", 20, Duration::from_secs(120)).await;
     daemon.stop().await;
     drop(engine);
 }

@@ -131,21 +131,7 @@ async fn the_docker_engine_restarted_under_the_daemon() {
 
     // 3. The engine is back: the next job runs.
     engine.start();
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        run_job(
-            daemon.addr,
-            &spec("engine-back"),
-            &function("double", None),
-            0..50,
-        ),
-    )
-    .await
-    .expect("a job after the engine is back ends");
-    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
-    for i in 0..50u64 {
-        assert_eq!(out.int(i), Some(2 * i as i64), "input {i}");
-    }
+    support::run_doubles(daemon.addr, "engine-back", 50, Duration::from_secs(120)).await;
 
     let node = daemon.node_id.clone();
     daemon.stop().await;

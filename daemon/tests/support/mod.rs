@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use agent_proto::{
-    Failure, Frame, FrameKind, Item, ItemBatch, JobEnd, JobSpec, Output, FRAMES_CONTENT_TYPE,
+    Failure, Frame, FrameKind, Item, ItemBatch, JobEnd, JobSpec, JobState, Output,
+    FRAMES_CONTENT_TYPE,
 };
 use bytes::{Bytes, BytesMut};
 use fleetmap_sandbox::CgroupMode;
@@ -440,6 +441,21 @@ pub async fn run_job(
 // ---------------------------------------------------------------------------------------
 // Python functions and pickles
 // ---------------------------------------------------------------------------------------
+
+/// Runs `double` over `0..n` as job `job_id` within `limit` and checks that it completed
+/// with every result: a daemon that should be serving normally again.
+pub async fn run_doubles(addr: SocketAddr, job_id: &str, n: u64, limit: Duration) {
+    let out = tokio::time::timeout(
+        limit,
+        run_job(addr, &spec(job_id), &function("double", None), 0..n),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("job {job_id} did not end within {limit:?}"));
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    for i in 0..n {
+        assert_eq!(out.int(i), Some(2 * i as i64), "input {i}");
+    }
+}
 
 /// `cloudpickle.dumps` of the test function `name` (see `fns.py`), with an optional arg.
 pub fn function(name: &str, arg: Option<&str>) -> Bytes {
