@@ -58,22 +58,25 @@ struct Failing {
 impl Failing {
     /// The error for an acquirer waiting since `waiting_since` once the streak has lasted
     /// `limit` and an attempt made while it waited failed too (one that came after the last
-    /// attempt waits for the next: the cause may be gone); else how long to wait before
-    /// asking again.
+    /// attempt waits for the next: the cause may be gone); else how long until the streak
+    /// reaches the limit (`None` once it has: the next attempt's outcome wakes the waiter).
     fn verdict(
         &self,
         now: Instant,
         waiting_since: Instant,
         limit: Duration,
-    ) -> Result<Duration, RuntimeError> {
+    ) -> Result<Option<Duration>, RuntimeError> {
         let lasted = now.duration_since(self.since);
-        if lasted >= limit && self.last >= waiting_since {
+        if lasted < limit {
+            return Ok(Some(limit - lasted));
+        }
+        if self.last >= waiting_since {
             return Err(RuntimeError::StartsFailing {
                 for_s: lasted.as_secs(),
                 reason: self.reason.clone(),
             });
         }
-        Ok(limit.saturating_sub(lasted).max(Duration::from_millis(100)))
+        Ok(None)
     }
 }
 
@@ -282,7 +285,7 @@ impl Pool {
             if let Some(worker) = taken {
                 return Ok(worker);
             }
-            match patience.transpose()? {
+            match patience.transpose()?.flatten() {
                 Some(patience) => {
                     let _ = tokio::time::timeout(patience, notified).await;
                 }
