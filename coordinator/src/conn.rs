@@ -12,14 +12,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetmap_service_tls::Acceptor;
+use fleetmap_service_tls::{serve_refusal, Acceptor};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tracing::debug;
 
 use crate::api::body::Body;
 use crate::config::Config;
@@ -58,34 +56,17 @@ pub fn refuse_busy(
         "the coordinator already serves {} connections, its limit; retry in a moment or reuse a connection",
         config.max_connections
     ));
-    let mut builder = builder(config);
-    builder.keep_alive(false);
+    let builder = builder(config);
     let acceptor = acceptor.clone();
     tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
-        let stream = match acceptor.accept_within(stream, REFUSAL_TIME).await {
-            Ok(stream) => stream,
-            Err(err) => {
-                debug!(cause = %err, "refused connection's TLS handshake failed");
-                return;
-            }
+        let answer = move || {
+            let mut response = error_response(&err);
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
         };
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |_request| {
-                let mut response = error_response(&err);
-                let headers = response.headers_mut();
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-                async move { Ok::<_, Infallible>(response) }
-            }),
-        );
-        let left = REFUSAL_TIME.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, conn).await {
-            Ok(Err(err)) => debug!(cause = %err, "refused connection ended with an error"),
-            Err(_) => debug!("refused connection timed out"),
-            Ok(Ok(())) => {}
-        }
+        serve_refusal(&acceptor, stream, builder, REFUSAL_TIME, answer).await;
         drop(permit);
     });
 }

@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::{ErrorBody, ErrorCode};
-use fleetmap_service_tls::Acceptor;
+use fleetmap_service_tls::{serve_refusal, Acceptor};
 use http::{header, Response, StatusCode};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tracing::debug;
 
 use crate::api::body::{full, ResponseBody};
 use crate::config::Limits;
@@ -48,30 +46,11 @@ pub fn refuse_busy(
         return;
     };
     let max = limits.max_connections;
-    let mut builder = builder(limits);
-    builder.keep_alive(false);
+    let builder = builder(limits);
     let acceptor = acceptor.clone();
     tokio::spawn(async move {
-        let started = tokio::time::Instant::now();
-        let stream = match acceptor.accept_within(stream, REFUSAL_TIME).await {
-            Ok(stream) => stream,
-            Err(err) => {
-                debug!(cause = %err, "refused connection's TLS handshake failed");
-                return;
-            }
-        };
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |_request| async move {
-                Ok::<_, std::convert::Infallible>(busy_answer(max))
-            }),
-        );
-        let left = REFUSAL_TIME.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, conn).await {
-            Ok(Err(err)) => debug!(cause = %err, "refused connection ended with an error"),
-            Err(_) => debug!("refused connection timed out"),
-            Ok(Ok(())) => {}
-        }
+        let answer = move || busy_answer(max);
+        serve_refusal(&acceptor, stream, builder, REFUSAL_TIME, answer).await;
         drop(permit);
     });
 }

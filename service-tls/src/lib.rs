@@ -4,6 +4,8 @@
 //!   `tls_cert_file` and `tls_key_file` settings) as a rustls `ServerConfig`;
 //! - [`Acceptor`]: what an accept loop wraps each TCP connection with: a timed TLS handshake when
 //!   TLS is configured, the plain stream otherwise, as one [`ServerStream`] type for hyper;
+//! - [`serve_refusal`]: a connection beyond a service's limit gets its handshake and a canned
+//!   answer within a short time;
 //! - [`client_config`] and [`https_connector`]: a verifying client that trusts a CA file (the
 //!   `tls_ca_file` setting) or else the system's roots, speaking `https://` and `http://` alike.
 //!
@@ -13,10 +15,12 @@
 mod client;
 mod error;
 mod pem;
+mod refusal;
 mod server;
 
 pub use client::{client_config, https_connector, system_client_config, HttpsConnector};
 pub use error::{HandshakeError, TlsError};
+pub use refusal::serve_refusal;
 pub use server::{server_config, server_config_from, Acceptor, ServerStream, SERVER_ALPN};
 
 /// The crypto provider every config here is built on: `ring`, so no C toolchain beyond a C
