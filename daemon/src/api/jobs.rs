@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::body::{empty, BodyError, BodyFrames, ResponseBody};
 use super::error::ApiError;
 use super::{json, Submission};
-use crate::job::feed::{feed, FeedError};
+use crate::job::feed::{feed, feed_then, FeedError};
 use crate::job::sink::ResultSink;
 use crate::job::supervisor;
 use crate::job::{admit, Job};
@@ -45,9 +45,10 @@ pub async fn submit(
     // Counted before the response goes out, so an INPUTS_END on a later `/inputs` request
     // cannot complete the job while this body still has inputs to queue.
     let feeding = job.feeding();
-    supervisor::start(job.clone(), daemon.job_context(), sink);
+    let (starting, ctx) = (job.clone(), daemon.job_context());
     tokio::spawn(async move {
-        match feed(&feeding, &mut inputs).await {
+        let start = move || supervisor::start(starting, ctx, sink);
+        match feed_then(&feeding, &mut inputs, start).await {
             Ok(_) => {}
             // The client went away mid-body: the result stream's closing cancels the job.
             Err(FeedError::Body(BodyError::Http(err))) => {

@@ -2,6 +2,7 @@
 //! as the queue frees up, until INPUTS_END or the body's end.
 
 use agent_proto::{FrameError, FrameKind};
+use futures_util::FutureExt;
 use http_body::Body;
 use thiserror::Error;
 
@@ -41,10 +42,56 @@ where
     B: Body + Unpin,
     B::Error: std::fmt::Display,
 {
+    feed_then(body, frames, || {}).await
+}
+
+/// [`feed`], running `first_batch_queued` once: as soon as the first INPUTS batch is queued, or
+/// before the body is first waited for, and at the latest when feeding ends.
+///
+/// A submission starts its instances from here: the first batch usually arrives in the same
+/// read as SPEC and FUNCTION, and an instance that finds it queued sends its first chunk in
+/// the same write as ASSIGN and FUNCTION instead of a round trip after READY.
+pub async fn feed_then<B>(
+    body: &FeederGuard,
+    frames: &mut BodyFrames<B>,
+    first_batch_queued: impl FnOnce() + Send,
+) -> Result<Fed, FeedError>
+where
+    B: Body + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut hook = Some(first_batch_queued);
+    let mut fire = move || {
+        if let Some(hook) = hook.take() {
+            hook();
+        }
+    };
+    let fed = feed_frames(body, frames, &mut fire).await;
+    fire();
+    fed
+}
+
+async fn feed_frames<B>(
+    body: &FeederGuard,
+    frames: &mut BodyFrames<B>,
+    first_batch_queued: &mut (dyn FnMut() + Send),
+) -> Result<Fed, FeedError>
+where
+    B: Body + Unpin,
+    B::Error: std::fmt::Display,
+{
     let job = body.job();
     body.check_accepts()?;
     loop {
-        let Some(frame) = frames.next().await? else {
+        // `next` keeps what it read in `frames`, so a poll that found nothing loses nothing.
+        let next = match frames.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                first_batch_queued();
+                frames.next().await
+            }
+        };
+        let Some(frame) = next? else {
             return Ok(Fed::BodyEnd);
         };
         match frame.kind {
@@ -58,6 +105,7 @@ where
                     body.check_accepts()?;
                 }
                 job.inputs_queued();
+                first_batch_queued();
             }
             FrameKind::InputsEnd => {
                 job.end_inputs()?;
@@ -185,5 +233,91 @@ mod tests {
             feed(&job.feeding(), &mut frames).await,
             Err(FeedError::Job(JobError::Ended { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_first_batch_hook_runs_once_with_the_batch_queued() {
+        let job = job();
+        let mut frames = body(&[
+            inputs(0..3),
+            inputs(3..5),
+            Frame::empty(FrameKind::InputsEnd),
+        ]);
+        let queued_then = std::sync::Mutex::new(Vec::new());
+        let fed = feed_then(&job.feeding(), &mut frames, || {
+            queued_then.lock().expect("lock").push(job.queue().len());
+        })
+        .await;
+        assert_eq!(fed.expect("ok"), Fed::InputsEnd);
+        assert_eq!(
+            *queued_then.lock().expect("lock"),
+            [3],
+            "once, right after the first batch and before the second"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_batch_hook_runs_before_waiting_for_the_body() {
+        let job = job();
+        let (mut tx, rx) = futures_channel_body();
+        let mut frames = BodyFrames::new(rx, 1 << 20);
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = ran.clone();
+        let feeding = job.feeding();
+        let task = tokio::spawn(async move {
+            feed_then(&feeding, &mut frames, move || {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst)
+            })
+            .await
+        });
+        for _ in 0..100 {
+            if ran.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            "no input arrived, yet instances must start"
+        );
+        let mut wire = BytesMut::new();
+        Frame::empty(FrameKind::InputsEnd).encode_into(&mut wire);
+        tx.send(Ok(http_body::Frame::data(wire.freeze())))
+            .await
+            .expect("send");
+        drop(tx);
+        assert_eq!(task.await.expect("join").expect("ok"), Fed::InputsEnd);
+    }
+
+    #[tokio::test]
+    async fn the_first_batch_hook_runs_when_the_body_is_refused() {
+        let job = job();
+        let mut frames = body(&[Frame::empty(FrameKind::Spec)]);
+        let mut ran = false;
+        let fed = feed_then(&job.feeding(), &mut frames, || ran = true).await;
+        assert!(fed.is_err());
+        assert!(ran, "the supervisor must start to end the result stream");
+    }
+
+    type ChannelBody = http_body_util::StreamBody<
+        std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<
+                        Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+                    > + Send,
+            >,
+        >,
+    >;
+
+    /// A body fed from a channel: frames arrive when the test sends them.
+    fn futures_channel_body() -> (
+        tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::convert::Infallible>>,
+        ChannelBody,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        (tx, http_body_util::StreamBody::new(Box::pin(stream)))
     }
 }

@@ -118,8 +118,8 @@ pub(crate) struct Inner {
     /// Home cgroup of each idle worker that has one, by pid. A std `Mutex`: map operations
     /// only, never held across an await or a cgroup write.
     homes: Mutex<HashMap<u32, String>>,
-    /// Whether the zygote runs niced (idle workers must be raised back when taken).
-    niced: AtomicBool,
+    /// Whether the zygote runs at idle priority (idle workers must be raised back when taken).
+    idle_priority: AtomicBool,
     /// Python version the zygote reported. A std `Mutex`: read or replaced, never awaited on.
     python: Mutex<String>,
     shutdown: CancellationToken,
@@ -220,7 +220,7 @@ impl ProcessRuntime {
             exits: Exits::default(),
             spares: Spares::default(),
             homes: Mutex::new(HashMap::new()),
-            niced: AtomicBool::new(false),
+            idle_priority: AtomicBool::new(false),
             python: Mutex::new(String::new()),
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
@@ -511,7 +511,7 @@ impl Runtime for ProcessRuntime {
                         inner.drop_home(dead.pid);
                     })
                     .await?;
-                if inner.niced.load(Ordering::Relaxed) {
+                if inner.idle_priority.load(Ordering::Relaxed) {
                     priority::raise(idle.pid);
                 }
                 let placed = self

@@ -88,7 +88,7 @@ fn start(inner: &Inner) -> Result<Child, RuntimeError> {
     if let Err(err) = inner.cgroups.enter_pool(pid) {
         warn!(pid, cause = %err, "cannot move the zygote into the pool cgroup");
     }
-    inner.niced.store(
+    inner.idle_priority.store(
         super::priority::lower(pid),
         std::sync::atomic::Ordering::Relaxed,
     );
