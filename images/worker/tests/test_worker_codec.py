@@ -4,8 +4,10 @@ independent encoder in harness.py and hand-written bytes."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
+import sys
 import threading
 
 import pytest
@@ -198,3 +200,16 @@ def test_captured_output_sends_an_endless_line_in_bounded_pieces():
     (index, stream, text), = pair.outputs(1)
     assert text == "x" * 1000 * (limit // 1000 + 1)
     assert pair.nothing_pending()
+
+
+def test_warm_child_runs_the_job_path_without_touching_the_process(monkeypatch):
+    sent = []
+    monkeypatch.setattr(fw._DiscardingConnection, "send_parts", lambda self, parts: sent.append(b"".join(parts)))
+    before = (sys.stdout, sys.stderr, os.getcwd(), dict(os.environ))
+    fw.warm_child()
+    assert (sys.stdout, sys.stderr, os.getcwd(), dict(os.environ)) == before
+    # The throwaway worker built one RESULTS frame (the warm-up input's result) and no other.
+    assert len(sent) == 1
+    kind, length = fw.HEADER.unpack(sent[0][:fw.HEADER_SIZE])
+    assert kind == fw.RESULTS
+    assert fw.split_item_batch(sent[0][fw.HEADER_SIZE:]) == [(0, fw.pickle.dumps(42, 5))]

@@ -117,6 +117,14 @@ pub trait SlotCgroups: Send + Sync + std::fmt::Debug {
     /// re-limited.
     fn create_slot(&self, slot_id: &str, limits: &SlotLimits) -> Result<(), SandboxError>;
 
+    /// Re-limits an existing `<parent>/slot-<slot_id>` to `limits`: writes its CPU list and
+    /// memory limit and nothing else (no directory made, no ancestor read), so a job that
+    /// takes an idle worker's home cgroup pays a few writes. Fails on a slot cgroup that does
+    /// not exist; the default is [`create_slot`](Self::create_slot).
+    fn relimit_slot(&self, slot_id: &str, limits: &SlotLimits) -> Result<(), SandboxError> {
+        self.create_slot(slot_id, limits)
+    }
+
     /// Moves process `pid` into the slot's cgroup (its affinity becomes the slot's CPUs).
     /// With flavour `None`, sets its CPU affinity instead.
     fn move_into_slot(&self, slot_id: &str, pid: u32) -> Result<(), SandboxError>;

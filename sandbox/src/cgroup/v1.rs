@@ -191,6 +191,15 @@ impl SlotCgroups for V1Cgroups {
         Ok(())
     }
 
+    fn relimit_slot(&self, slot_id: &str, limits: &SlotLimits) -> Result<(), SandboxError> {
+        let rel = self.slot(slot_id)?;
+        // cpuset.mems was set when the cgroup was made and stays the parent's.
+        self.set_cpuset(&rel, "cpuset.cpus", &files::format_cpu_list(&limits.cpus))?;
+        self.set_memory(&rel, &self.hier.cgroup(&rel), limits.ram_bytes)?;
+        debug!(slot = slot_id, cpus = ?limits.cpus, ram_bytes = limits.ram_bytes, "slot cgroup re-limited");
+        Ok(())
+    }
+
     fn move_into_slot(&self, slot_id: &str, pid: u32) -> Result<(), SandboxError> {
         let rel = self.existing_slot(slot_id)?;
         self.join(&rel, &self.hier.cgroup(&rel), pid)

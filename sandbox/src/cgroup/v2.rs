@@ -113,6 +113,37 @@ impl V2Cgroups {
         )))
     }
 
+    /// The slot's CPU list and hard memory limit, swap off where swap is accounted.
+    fn limit(&self, rel: &Path, cgroup: &Cgroup, limits: &SlotLimits) -> Result<(), SandboxError> {
+        let dir = self.root.join(rel);
+        let at = |file: &str| dir.join(file);
+        let cpuset: &CpuSetController = cgroup
+            .controller_of()
+            .ok_or_else(|| no_controller("cpuset", dir.clone()))?;
+        cpuset
+            .set_cpus(&files::format_cpu_list(&limits.cpus))
+            .map_err(|err| SandboxError::cgroups("write", at("cpuset.cpus"), err))?;
+        let memory: &MemController = cgroup
+            .controller_of()
+            .ok_or_else(|| no_controller("memory", dir.clone()))?;
+        let limit = i64::try_from(limits.ram_bytes).map_err(|_| {
+            SandboxError::DoesNotFit(format!(
+                "memory limit of {} bytes is too large",
+                limits.ram_bytes
+            ))
+        })?;
+        memory
+            .set_limit(limit)
+            .map_err(|err| SandboxError::cgroups("write", at("memory.max"), err))?;
+        // v2 accounts swap separately: 0 means no swap. Absent without swap accounting.
+        if at("memory.swap.max").is_file() {
+            memory
+                .set_memswap_limit(0)
+                .map_err(|err| SandboxError::cgroups("write", at("memory.swap.max"), err))?;
+        }
+        Ok(())
+    }
+
     fn join(&self, rel: &Path, cgroup: &Cgroup, pid: u32) -> Result<(), SandboxError> {
         cgroup
             .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
@@ -172,38 +203,22 @@ impl SlotCgroups for V2Cgroups {
     fn create_slot(&self, slot_id: &str, limits: &SlotLimits) -> Result<(), SandboxError> {
         let rel = self.slot(slot_id)?;
         let cgroup = self.ensure(&rel)?;
-        let dir = self.root.join(&rel);
-        let at = |file: &str| dir.join(file);
         let cpuset: &CpuSetController = cgroup
             .controller_of()
-            .ok_or_else(|| no_controller("cpuset", dir.clone()))?;
+            .ok_or_else(|| no_controller("cpuset", self.root.join(&rel)))?;
         let mems = self.parent_mems()?;
-        cpuset
-            .set_mems(&mems)
-            .map_err(|err| SandboxError::cgroups("write", at("cpuset.mems"), err))?;
-        let cpus = files::format_cpu_list(&limits.cpus);
-        cpuset
-            .set_cpus(&cpus)
-            .map_err(|err| SandboxError::cgroups("write", at("cpuset.cpus"), err))?;
-        let memory: &MemController = cgroup
-            .controller_of()
-            .ok_or_else(|| no_controller("memory", dir.clone()))?;
-        let limit = i64::try_from(limits.ram_bytes).map_err(|_| {
-            SandboxError::DoesNotFit(format!(
-                "memory limit of {} bytes is too large",
-                limits.ram_bytes
-            ))
+        cpuset.set_mems(&mems).map_err(|err| {
+            SandboxError::cgroups("write", self.root.join(&rel).join("cpuset.mems"), err)
         })?;
-        memory
-            .set_limit(limit)
-            .map_err(|err| SandboxError::cgroups("write", at("memory.max"), err))?;
-        // v2 accounts swap separately: 0 means no swap. Absent without swap accounting.
-        if at("memory.swap.max").is_file() {
-            memory
-                .set_memswap_limit(0)
-                .map_err(|err| SandboxError::cgroups("write", at("memory.swap.max"), err))?;
-        }
-        debug!(slot = slot_id, cpus = %cpus, ram_bytes = limits.ram_bytes, "slot cgroup ready");
+        self.limit(&rel, &cgroup, limits)?;
+        debug!(slot = slot_id, cpus = ?limits.cpus, ram_bytes = limits.ram_bytes, "slot cgroup ready");
+        Ok(())
+    }
+
+    fn relimit_slot(&self, slot_id: &str, limits: &SlotLimits) -> Result<(), SandboxError> {
+        let rel = self.slot(slot_id)?;
+        self.limit(&rel, &self.hier.cgroup(&rel), limits)?;
+        debug!(slot = slot_id, cpus = ?limits.cpus, ram_bytes = limits.ram_bytes, "slot cgroup re-limited");
         Ok(())
     }
 

@@ -331,7 +331,7 @@ impl ProcessRuntime {
     ) -> Result<(), fleetmap_sandbox::SandboxError> {
         let inner = &self.inner;
         if let Some(home) = inner.take_home(pid) {
-            match inner.cgroups.create_slot(&home, limits) {
+            match inner.cgroups.relimit_slot(&home, limits) {
                 Ok(()) => {
                     inner.spares.bind(&slot.id, home);
                     return Ok(());
