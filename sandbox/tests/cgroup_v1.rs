@@ -300,6 +300,52 @@ fn create_slot_relimits_an_existing_slot() {
 }
 
 #[test]
+fn relimit_slot_rewrites_an_existing_slot_and_refuses_a_missing_one() {
+    let Some(t) = TestParent::new(None) else {
+        return;
+    };
+    let first = Inventory::detect().expect("inventory").cpus[0];
+    let last = last_cpu();
+    let limits = |cpu, ram_bytes| SlotLimits {
+        cpus: vec![cpu],
+        ram_bytes,
+    };
+    assert!(
+        t.cgroups
+            .relimit_slot("s1", &limits(first, 64 * MIB))
+            .is_err(),
+        "no such slot cgroup yet"
+    );
+    assert!(!t.dir("cpuset", "slot-s1").exists(), "relimit made nothing");
+    t.cgroups
+        .create_slot("s1", &limits(first, 64 * MIB))
+        .expect("create");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    t.cgroups.move_into_slot("s1", child.id()).expect("move");
+    // Down, up and down again: memsw must stay above the limit at every step.
+    for (cpu, ram) in [(last, 32 * MIB), (first, 256 * MIB), (last, 48 * MIB)] {
+        t.cgroups
+            .relimit_slot("s1", &limits(cpu, ram))
+            .expect("relimit");
+        assert_eq!(t.read("cpuset", "slot-s1", "cpuset.cpus"), cpu.to_string());
+        assert_eq!(
+            t.read("memory", "slot-s1", "memory.limit_in_bytes"),
+            ram.to_string()
+        );
+        assert_eq!(
+            proc_status(child.id(), "Cpus_allowed_list:"),
+            cpu.to_string(),
+            "the process in it sees the new CPU list"
+        );
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
+
+#[test]
 fn oom_kill_is_counted() {
     let Some(mut t) = TestParent::new(None) else {
         return;

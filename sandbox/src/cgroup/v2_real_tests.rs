@@ -129,9 +129,20 @@ fn real_cgroup2_join_kill_remove_and_sweep() {
             cpus: vec![0],
             ram_bytes: 64 << 20,
         };
+        assert!(
+            t.cgroups.relimit_slot("s1", &limits).is_err(),
+            "re-limiting needs an existing slot cgroup"
+        );
         t.cgroups.create_slot("s1", &limits).expect("create");
         let memory_max = fs::read_to_string(root.join(&slot).join("memory.max")).expect("read");
         assert_eq!(memory_max.trim(), (64u64 << 20).to_string());
+        let relimited = SlotLimits {
+            cpus: vec![0],
+            ram_bytes: 32 << 20,
+        };
+        t.cgroups.relimit_slot("s1", &relimited).expect("relimit");
+        let memory_max = fs::read_to_string(root.join(&slot).join("memory.max")).expect("read");
+        assert_eq!(memory_max.trim(), (32u64 << 20).to_string());
     } else {
         t.cgroups.ensure(&slot).expect("mkdir slot");
     }
