@@ -113,6 +113,9 @@ HEADER_SIZE = HEADER.size
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _PROGRESS = struct.Struct("<QQ")
+RESULTS_EVERY_NS = 50_000_000
+"""Longest a success waits in a running chunk before its RESULTS frame goes out (the daemon
+sizes chunks to about 100 ms of work; see its ``job/sizing.rs``)."""
 _FAILURE_HEAD = struct.Struct("<QI")
 _OUTPUT_HEAD = struct.Struct("<QB")
 _BATCH_ENTRY_SIZE = 12
@@ -659,11 +662,13 @@ class Worker:
         return True
 
     def run_chunk(self, body) -> None:
-        """Run the function over one INPUTS chunk, send FAILUREs at once and RESULTS at the end.
+        """Run the function over one INPUTS chunk, send FAILUREs at once and RESULTS as they
+        accumulate: at the end of the chunk, and before an item starts once
+        ``RESULTS_EVERY_NS`` has passed since the last RESULTS (a chunk holds about 100 ms of
+        work; its first results do not wait for its last).
 
-        The loop is the worker's hot path: everything is bound to locals, successes only
-        append their pickled bytes, and the position of each failed item (the number of items
-        handled before it) is recorded so the RESULTS indices can be rebuilt at the end.
+        The loop is the worker's hot path: everything is bound to locals and a success only
+        appends its index and its pickled bytes.
         """
         indices, lengths, start = decode_item_batch(body)
         offsets = list(accumulate(lengths, initial=start))
@@ -677,16 +682,26 @@ class Worker:
         stdout = self.stdout
         stderr = self.stderr
         max_payload = self.max_payload
+        send_results = self._send_results
+        ok = array.array("Q")
         payloads = []
-        failed = []
+        keep = ok.append
         add = payloads.append
+        send_by = now() + RESULTS_EVERY_NS
         for index, start, end in zip(indices, offsets, islice(offsets, 1, None)):
             attribution.index = index
-            mark(progress, 0, index + 1, now())
+            started = now()
+            if started >= send_by and payloads:
+                send_results(ok, payloads)
+                ok = array.array("Q")
+                payloads = []
+                keep = ok.append
+                add = payloads.append
+                send_by = started + RESULTS_EVERY_NS
+            mark(progress, 0, index + 1, started)
             try:
                 argument = loads(body[start:end])
             except BaseException as exc:
-                failed.append(len(payloads) + len(failed))
                 self._input_failed(index, exc, "could not be unpickled on the worker: ")
                 continue
             try:
@@ -694,7 +709,6 @@ class Worker:
             except SystemExit as exc:
                 self._function_exited(exc)
             except BaseException as exc:
-                failed.append(len(payloads) + len(failed))
                 self._input_failed(index, exc, "raised ")
                 continue
             try:
@@ -702,23 +716,18 @@ class Worker:
             except Exception:
                 data = self._dump_fallback(index, result)
                 if data is None:
-                    failed.append(len(payloads) + len(failed))
                     continue
             if len(data) > max_payload:
-                failed.append(len(payloads) + len(failed))
                 self._result_too_large(index, result, len(data))
                 continue
+            keep(index)
             add(data)
             if stdout._pending or stderr._pending:
                 self.flush_output()
         attribution.index = NO_INDEX
         _U64.pack_into(progress, 0, 0)
         if payloads:
-            if failed:
-                skip = set(failed)
-                indices = array.array("Q", [index for position, index in enumerate(indices)
-                                            if position not in skip])
-            self._send_results(indices, payloads)
+            send_results(ok, payloads)
 
     def _send_results(self, indices: array.array, payloads: list) -> None:
         """Send a chunk's successes as one RESULTS frame, split only if over the frame limit."""

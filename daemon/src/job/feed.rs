@@ -259,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_batch_hook_runs_before_waiting_for_the_body() {
         let job = job();
-        let (mut tx, rx) = futures_channel_body();
+        let (tx, rx) = futures_channel_body();
         let mut frames = BodyFrames::new(rx, 1 << 20);
         let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = ran.clone();

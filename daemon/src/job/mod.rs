@@ -336,6 +336,13 @@ impl Job {
         self.0.queue.len() as u64 > instances
     }
 
+    /// The most items a chunk may take now so that every instance of the job keeps a share:
+    /// a fair part of what is queued (`ChunkSizer::next_size_within`).
+    pub fn chunk_share(&self) -> usize {
+        let instances = usize::try_from(self.counters().instances).unwrap_or(usize::MAX);
+        sizing::fair_share(self.0.queue.len(), instances)
+    }
+
     /// How many times input `index` has run (1 unless retried).
     pub fn attempts(&self, index: u64) -> u32 {
         self.counters().attempts.get(&index).copied().unwrap_or(1)

@@ -185,6 +185,23 @@ def test_ten_thousand_inputs_in_chunks_with_two_in_flight(zygote, sock_dir):
     assert harness.read_progress(conn.progress_path)[0] == 0
 
 
+def sleep_30ms(x):
+    time.sleep(0.03)
+    return x
+
+
+def test_a_chunk_of_slow_items_sends_results_as_they_accumulate(zygote, sock_dir):
+    conn = zygote.spawn_worker()
+    conn.start(cloudpickle.dumps(sleep_30ms), sock_dir)
+    conn.send_inputs(pickled([0, 1, 2, 3]))
+    # Items 0 and 1 took 60 ms, past the 50 ms a success may wait: they go out in a RESULTS
+    # frame of their own before item 2 starts (collect refuses a result it did not expect).
+    first = conn.collect([0, 1])
+    assert first.results == {0: 0, 1: 1} and first.results_frames == 1
+    rest = conn.collect([2, 3])
+    assert rest.results == {2: 2, 3: 3} and rest.results_frames == 1
+
+
 def test_exception_comes_back_by_value_with_traceback(zygote, sock_dir):
     conn = zygote.spawn_worker()
     conn.start(cloudpickle.dumps(raise_on_five), sock_dir)
