@@ -608,6 +608,99 @@ async fn a_dead_zygote_is_restarted() {
     daemon.stop().await;
 }
 
+/// Pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                    let ppid: u32 = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
+                    (ppid == parent).then_some(pid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zygote_that_cannot_restart_fails_waiting_jobs_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    require!(python);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken");
+    let wrapper = dir.path().join("python3-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then echo 'fleetmap test: this interpreter is broken' >&2; exit 3; fi\nexec python3 \"$@\"\n",
+            broken.display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let python = wrapper.clone();
+    let daemon = TestDaemon::start_with("zyg-broken", CgroupMode::Auto, move |config| {
+        config.worker_python = python;
+    })
+    .await;
+    // The interpreter breaks; the zygote and its idle workers die.
+    std::fs::write(&broken, b"").expect("flag");
+    let broke = Instant::now();
+    let zygote = zygote_pid(&daemon).expect("zygote");
+    let kill = |pid: u32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    for worker in children_of(zygote) {
+        kill(worker);
+    }
+    kill(zygote);
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        run_job(
+            daemon.addr,
+            &spec("zyg-broken"),
+            &function("double", None),
+            0..1,
+        ),
+    )
+    .await
+    .expect("the job ends instead of waiting for a worker forever");
+    let end = out.end();
+    assert_eq!(end.state, JobState::Failed, "{end:?}");
+    let message = end.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("no worker has started for 30 s: the worker zygote")
+            && message.contains("exits before it is ready")
+            && message.contains("exit status: 3")
+            && message.contains(&wrapper.display().to_string()),
+        "{message}"
+    );
+    // Told once starts had failed for 30 s (counted from the first failed restart).
+    assert!(
+        broke.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        broke.elapsed()
+    );
+
+    // Fixed: the restarting zygote comes up again and the same daemon serves jobs.
+    std::fs::remove_file(&broken).expect("unflag");
+    support::run_doubles(daemon.addr, "zyg-fixed", 5, Duration::from_secs(60)).await;
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_cgroups_off_instances_are_still_pinned() {
     require!(python);

@@ -424,6 +424,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_burst_of_records_waits_for_more_and_keeps_each_jobs_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jobs.db");
+        let store = Store::open(&path).expect("opens");
+        store.put(record("a", 1, JobState::Running)).await;
+        // Inside the window: the same transaction, where a's last record replaces its first.
+        tokio::time::sleep(writer::RECORDS_WINDOW / 5).await;
+        store.put(record("a", 1, JobState::Completed)).await;
+        store.put(record("b", 2, JobState::Running)).await;
+        assert_eq!(
+            store.get("a").await.expect("reads").map(|r| r.state),
+            Some(JobState::Completed)
+        );
+        assert_eq!(store.list(10).await.expect("lists").len(), 2);
+        store.close().await;
+        // Committed, not only answered: a new connection reads the same.
+        let again = Store::open(&path).expect("reopens");
+        assert_eq!(
+            again.get("b").await.expect("reads").map(|r| r.job_id),
+            Some("b".to_string())
+        );
+        again.close().await;
+    }
+
+    #[tokio::test]
     async fn jobs_left_running_by_a_previous_coordinator_are_marked_failed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("jobs.db");

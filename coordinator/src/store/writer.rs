@@ -22,6 +22,14 @@ enum Write {
 /// Most writes committed in one transaction.
 const BURST: usize = 1024;
 
+/// How long a burst of job records alone waits for more writes before it commits.
+///
+/// A short job's records come in pairs a few milliseconds apart (admitted, then ended): one
+/// transaction for both halves the writer's work, and the commit no longer runs (and takes a
+/// CPU) while the job's first result is on its way. Writes that resume a detached job, its
+/// results and its logs are never held back.
+pub(super) const RECORDS_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Prune old records after this many writes.
 const PRUNE_EVERY: usize = 1000;
 
@@ -31,6 +39,7 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
     let mut burst = Vec::with_capacity(BURST);
     while let Some(op) = rx.blocking_recv() {
         let mut next = Some(op);
+        let mut waited = false;
         // Gather the writes queued right now into one transaction.
         loop {
             let write = match next {
@@ -40,12 +49,17 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
                 Some(Op::Detached(write)) => Write::Detached(write),
                 _ => break,
             };
-            burst.push(write);
+            push(&mut burst, write);
             next = if burst.len() < BURST {
                 rx.try_recv().ok()
             } else {
                 None
             };
+            if next.is_none() && !waited && burst.len() < BURST && only_records(&burst) {
+                waited = true;
+                std::thread::sleep(RECORDS_WINDOW);
+                next = rx.try_recv().ok();
+            }
         }
         if !burst.is_empty() {
             writes_since_prune += burst.len();
@@ -98,6 +112,25 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
             Some(Op::Put(_) | Op::Results(_) | Op::Logs(_) | Op::Detached(_)) | None => {}
         }
     }
+}
+
+/// Adds `write` to the burst; a job record replaces the burst's earlier record of the same job
+/// (records are whole snapshots, written as upserts).
+fn push(burst: &mut Vec<Write>, write: Write) {
+    if let Write::Record(record) = &write {
+        let earlier = burst.iter_mut().find(
+            |queued| matches!(queued, Write::Record(queued) if queued.job_id == record.job_id),
+        );
+        if let Some(earlier) = earlier {
+            *earlier = write;
+            return;
+        }
+    }
+    burst.push(write);
+}
+
+fn only_records(burst: &[Write]) -> bool {
+    burst.iter().all(|write| matches!(write, Write::Record(_)))
 }
 
 fn commit(conn: &mut Connection, burst: &[Write]) -> rusqlite::Result<()> {

@@ -14,6 +14,16 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
 }
 
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(signal)) => write!(f, "killed by signal {signal}"),
+            (Some(code), None) => write!(f, "exit code {code}"),
+            (None, None) => f.write_str("status unknown"),
+        }
+    }
+}
+
 /// One worker's exit, set at most once; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct ExitWatch(Arc<ExitCell>);

@@ -31,10 +31,22 @@ pub(super) async fn supervise(
 ) {
     let mut backoff = Duration::from_millis(100);
     while !inner.shutdown.is_cancelled() {
-        match start(&inner) {
+        let attempted = std::time::Instant::now();
+        let failure = match start(&inner) {
             Ok(child) => {
-                if run(&inner, child, &mut ready).await {
+                let ended = run(&inner, child, &mut ready).await;
+                if ended.became_ready {
+                    // It served, then ended: a crash, not a failed start (its restart may be).
                     backoff = Duration::from_millis(100);
+                    None
+                } else {
+                    Some(format!(
+                        "the worker zygote ({}) exits before it is ready ({}); fleetmapd keeps \
+                         restarting it: see the node log for its error and check that the \
+                         interpreter runs and imports cloudpickle",
+                        inner.opts.python.display(),
+                        ended.status
+                    ))
                 }
             }
             Err(err) => {
@@ -43,13 +55,21 @@ pub(super) async fn supervise(
                     let _ = tx.send(Err(err));
                     return;
                 }
+                Some(format!(
+                    "{err}; fix the interpreter (it must run and import cloudpickle) or restart \
+                     fleetmapd with a working --python"
+                ))
             }
-        }
-        inner.pool.spawns_lost();
-        inner.exits.clear();
+        };
         if inner.shutdown.is_cancelled() {
             break;
         }
+        // Waiting acquirers learn of a zygote that cannot come up instead of waiting on.
+        if let Some(failure) = failure {
+            inner.pool.start_failed(attempted, failure);
+        }
+        inner.pool.spawns_lost();
+        inner.exits.clear();
         warn!(
             retry_in_ms = backoff.as_millis() as u64,
             "zygote ended; restarting it"
@@ -97,14 +117,25 @@ fn start(inner: &Inner) -> Result<Child, RuntimeError> {
 }
 
 /// Serves one zygote until it dies or shutdown; returns whether it became ready.
+/// How a zygote's service ended.
+struct Ended {
+    /// It had said `ready`.
+    became_ready: bool,
+    /// Its exit status, as words.
+    status: String,
+}
+
 async fn run(
     inner: &Inner,
     mut child: Child,
     ready: &mut Option<oneshot::Sender<Result<String, RuntimeError>>>,
-) -> bool {
+) -> Ended {
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         error!("zygote started without pipes");
-        return false;
+        return Ended {
+            became_ready: false,
+            status: "started without pipes".to_string(),
+        };
     };
     let mut lines = BufReader::new(stdout);
     let mut line = Vec::with_capacity(256);
@@ -140,7 +171,7 @@ async fn run(
             _ = inner.shutdown.cancelled() => {
                 drop(stdin);
                 stop(child).await;
-                return became_ready;
+                return Ended { became_ready, status: "stopped for the shutdown".to_string() };
             }
         }
     }
@@ -152,7 +183,10 @@ async fn run(
             reason: format!("the zygote exited before it was ready ({status:?}); see the log above for its error"),
         }));
     }
-    became_ready
+    Ended {
+        became_ready,
+        status: status.map_or_else(|| "status unknown".to_string(), |s| s.to_string()),
+    }
 }
 
 /// Reads one line into `line` (without the newline); `Ok(false)` at end of stream. Cancel-safe:
@@ -190,7 +224,15 @@ fn on_event(inner: &Inner, event: ZygoteEvent) {
                 signal,
             };
             if !inner.exits.exited(pid, status) {
-                inner.pool.spawn_lost();
+                // A child that ends before its HELLO is a start that failed.
+                inner.pool.start_failed(
+                    std::time::Instant::now(),
+                    format!(
+                        "workers forked by the zygote ({}) exit before they connect ({status}); \
+                         see the node log for their error",
+                        inner.opts.python.display()
+                    ),
+                );
             }
         }
     }
