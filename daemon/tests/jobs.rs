@@ -550,30 +550,41 @@ async fn a_detached_job_outlives_its_client() {
 }
 
 /// The zygote of a daemon started by this test process (its parent is this process).
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every pid on the machine.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn zygote_pid(daemon: &TestDaemon) -> Option<u32> {
     let worker_file = std::fs::canonicalize(daemon.state.path())
         .ok()?
         .join("worker/fleetmap_worker.py");
     let needle = worker_file.as_os_str().as_encoded_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            if !cmdline.split(|b| *b == 0).any(|a| a == needle.as_slice()) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == std::process::id()).then_some(pid)
-        })
+    all_pids().into_iter().find(|&pid| {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        cmdline.split(|b| *b == 0).any(|a| a == needle.as_slice())
+            && parent_of(pid) == Some(std::process::id())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -610,25 +621,10 @@ async fn a_dead_zygote_is_restarted() {
 
 /// Pids whose parent is `parent`.
 fn children_of(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|entry| {
-                    let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-                    let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                    let ppid: u32 = stat
-                        .rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse()
-                        .ok()?;
-                    (ppid == parent).then_some(pid)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    all_pids()
+        .into_iter()
+        .filter(|&pid| parent_of(pid) == Some(parent))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
