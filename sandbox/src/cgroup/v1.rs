@@ -28,6 +28,13 @@ pub struct V1Cgroups {
     parent: PathBuf,
     /// The devices controller, when mounted under the root (GPU slots only).
     devices: Option<DevicesV1>,
+    /// The parent's `cpuset.mems`, read once: every slot gets the same memory nodes.
+    parent_mems: String,
+    /// Whether swap is accounted (`memory.memsw.*` exists), checked once: a kernel-wide
+    /// property.
+    memsw: bool,
+    /// The parent and its ancestors have CPUs and memory nodes (made so at construction).
+    parent_ready: bool,
 }
 
 impl V1Cgroups {
@@ -54,12 +61,24 @@ impl V1Cgroups {
                 )));
             }
         }
-        let this = Self {
+        let mut this = Self {
             hier: RootedHierarchy::v1(&config.root),
             parent: PathBuf::from(&config.parent),
             devices: DevicesV1::find(&config.root, Path::new(&config.parent)),
+            parent_mems: String::new(),
+            memsw: false,
+            parent_ready: false,
         };
         this.ensure(&this.parent)?;
+        this.parent_ready = true;
+        this.parent_mems = files::read(&this.hier.cpuset_dir(&this.parent).join("cpuset.mems"))?
+            .trim()
+            .to_owned();
+        this.memsw = this
+            .hier
+            .memory_dir(&this.parent)
+            .join("memory.memsw.limit_in_bytes")
+            .is_file();
         info!(root = %config.root.display(), parent = %config.parent, "cgroup v1 parent ready");
         Ok(this)
     }
@@ -96,6 +115,10 @@ impl V1Cgroups {
         let mut prefix = PathBuf::new();
         for part in rel.components() {
             prefix.push(part);
+            // The parent and its ancestors were made whole when this was constructed.
+            if self.parent_ready && prefix != rel && self.parent.starts_with(&prefix) {
+                continue;
+            }
             for file in ["cpuset.cpus", "cpuset.mems"] {
                 let here = self.hier.cpuset_dir(&prefix).join(file);
                 if files::read(&here)?.trim().is_empty() {
@@ -136,7 +159,7 @@ impl V1Cgroups {
         })?;
         let at = |file: &str| dir.join(file);
         let memsw = at("memory.memsw.limit_in_bytes");
-        if memsw.is_file() {
+        if self.memsw {
             // memsw must stay >= the limit at every step: lift it, set the limit, pin it.
             memory
                 .set_memswap_limit(-1)
@@ -183,8 +206,7 @@ impl SlotCgroups for V1Cgroups {
     fn create_slot(&self, slot_id: &str, limits: &SlotLimits) -> Result<(), SandboxError> {
         let rel = self.slot(slot_id)?;
         let cgroup = self.ensure(&rel)?;
-        let mems = files::read(&self.hier.cpuset_dir(&self.parent).join("cpuset.mems"))?;
-        self.set_cpuset(&rel, "cpuset.mems", mems.trim())?;
+        self.set_cpuset(&rel, "cpuset.mems", &self.parent_mems)?;
         self.set_cpuset(&rel, "cpuset.cpus", &files::format_cpu_list(&limits.cpus))?;
         self.set_memory(&rel, &cgroup, limits.ram_bytes)?;
         debug!(slot = slot_id, cpus = ?limits.cpus, ram_bytes = limits.ram_bytes, "slot cgroup ready");
