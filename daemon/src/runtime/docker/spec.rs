@@ -29,8 +29,8 @@ pub const PYTHON_IN_CONTAINER: &str = "/usr/bin/python3";
 pub const IDLE_RAM_BYTES: i64 = 256 * 1024 * 1024;
 
 /// CPU weight of a warm container while it starts and idles: starting Python must not slow
-/// down the containers that are working (the process runtime nices its zygote for the same
-/// reason).
+/// down the containers that are working (the process runtime runs its zygote at `SCHED_IDLE`
+/// for the same reason).
 pub const IDLE_CPU_SHARES: i64 = 64;
 /// CPU weight of a container working for a slot (the engine's default).
 pub const SLOT_CPU_SHARES: i64 = 1024;
