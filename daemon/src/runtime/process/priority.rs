@@ -7,9 +7,11 @@
 //! on the same few CPUs. At nice 10 the fork and the new interpreter's start still got CPU
 //! slices ahead of the job's own worker (seen on a 2-CPU node: a 1 ms fork ran while the
 //! job's runnable worker waited), so a one-input job paid for the refill. A `SCHED_IDLE` task
-//! is preempted by any normal task that wakes on its CPU. Idle CPUs still run it at full
-//! speed, and a slot's CPUs are free whenever a slot is, so a job waiting for a worker is not
-//! starved by other jobs.
+//! is preempted by any normal task that wakes on its CPU and gets the smallest share beside
+//! runnable ones; it is a mitigation, not a guarantee (a later trace still showed one fork
+//! picked ahead of a worker that was already runnable on its CPU). Idle CPUs still run it at
+//! full speed, and a slot's CPUs are free whenever a slot is, so a job waiting for a worker is
+//! not starved by other jobs.
 //!
 //! Only done as root: leaving `SCHED_IDLE` needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` that
 //! allows it), and a worker must never run a job at idle priority.
