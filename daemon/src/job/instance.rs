@@ -161,6 +161,7 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
         conn,
         exit,
         scratch,
+        oom_kills_before,
     } = worker;
     let job = &instance.job;
     let slot = &instance.slot;
@@ -178,7 +179,7 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
             return Outcome::Stopped { exit: None };
         }
     };
-    let oom_before = instance.runtime.oom_kills(&slot.id);
+    let oom_before = oom_kills_before.unwrap_or_else(|| instance.runtime.oom_kills(&slot.id));
     let (mut reader, mut writer) = conn.split();
     let mut w = WorkerCtx {
         instance,

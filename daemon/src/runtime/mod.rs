@@ -36,6 +36,9 @@ pub struct Worker {
     /// The worker's own empty scratch space (its working directory and `TMPDIR`), if the
     /// runtime gives it one.
     pub scratch: Option<Scratch>,
+    /// The slot's OOM-kill count as the worker starts, when the runtime already knows it
+    /// (`None`: the instance asks [`Runtime::oom_kills`]).
+    pub oom_kills_before: Option<u64>,
 }
 
 /// A bounded, empty directory a worker writes into: its cwd and `TMPDIR`.

@@ -79,6 +79,7 @@ pub(super) async fn acquire(
         conn: worker.conn,
         exit: worker.exit,
         scratch: Some(super::scratch::in_container(&inner.opts)),
+        oom_kills_before: None,
     })
 }
 

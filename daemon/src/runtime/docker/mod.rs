@@ -774,6 +774,7 @@ impl DockerRuntime {
                 conn: idle.conn,
                 exit: idle.exit,
                 scratch: Some(scratch::in_container(&inner.opts)),
+                oom_kills_before: None,
             });
         }
     }

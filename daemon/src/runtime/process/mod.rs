@@ -106,6 +106,16 @@ impl ProcessOptions {
     }
 }
 
+/// An idle worker's own cgroup.
+#[derive(Debug)]
+struct Home {
+    /// Its slot-cgroup name (`w<pid>`).
+    name: String,
+    /// Its OOM-kill count when the worker moved in, read then so that a job taking the worker
+    /// does not read it on its way to the first input.
+    oom_kills: u64,
+}
+
 /// Shared by the runtime handle, the zygote task and the acceptor.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -117,7 +127,7 @@ pub(crate) struct Inner {
     spares: Spares,
     /// Home cgroup of each idle worker that has one, by pid. A std `Mutex`: map operations
     /// only, never held across an await or a cgroup write.
-    homes: Mutex<HashMap<u32, String>>,
+    homes: Mutex<HashMap<u32, Home>>,
     /// Whether the zygote runs at idle priority (idle workers must be raised back when taken).
     idle_priority: AtomicBool,
     /// Python version the zygote reported. A std `Mutex`: read or replaced, never awaited on.
@@ -131,7 +141,7 @@ impl Inner {
         *self.python.lock().unwrap_or_else(|e| e.into_inner()) = version;
     }
 
-    fn take_home(&self, pid: u32) -> Option<String> {
+    fn take_home(&self, pid: u32) -> Option<Home> {
         self.homes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -148,10 +158,11 @@ impl Inner {
             .and_then(|()| self.cgroups.move_into_slot(&name, pid));
         match placed {
             Ok(()) => {
+                let oom_kills = self.cgroups.oom_kills(&name).unwrap_or(0);
                 self.homes
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(pid, name);
+                    .insert(pid, Home { name, oom_kills });
             }
             Err(err) => {
                 warn!(pid, cause = %err, "cannot give an idle worker its own cgroup");
@@ -162,7 +173,7 @@ impl Inner {
 
     /// Removes the home cgroup of a worker that died while idle.
     fn drop_home(self: &Arc<Self>, pid: u32) {
-        if let Some(name) = self.take_home(pid) {
+        if let Some(Home { name, .. }) = self.take_home(pid) {
             let inner = self.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(err) = inner.cgroups.remove_slot(&name) {
@@ -290,7 +301,7 @@ impl ProcessRuntime {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .drain()
-                .map(|(_, name)| name)
+                .map(|(_, home)| home.name)
                 .collect();
             let cgroups = inner.cgroups.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -322,24 +333,25 @@ impl ProcessRuntime {
 impl ProcessRuntime {
     /// Puts `pid` into the slot's limits: its home cgroup re-limited when it has one (no
     /// process move), else a ready spare of the slot's shape, else a cgroup created now (and a
-    /// spare of this shape prepared for the next slot).
+    /// spare of this shape prepared for the next slot). Returns the slot cgroup's OOM-kill
+    /// count when it is already known (the home's, read when the worker moved in).
     fn place(
         &self,
         slot: &fleetmap_sandbox::Slot,
         limits: &SlotLimits,
         pid: u32,
-    ) -> Result<(), fleetmap_sandbox::SandboxError> {
+    ) -> Result<Option<u64>, fleetmap_sandbox::SandboxError> {
         let inner = &self.inner;
-        if let Some(home) = inner.take_home(pid) {
-            match inner.cgroups.relimit_slot(&home, limits) {
+        if let Some(Home { name, oom_kills }) = inner.take_home(pid) {
+            match inner.cgroups.relimit_slot(&name, limits) {
                 Ok(()) => {
-                    inner.spares.bind(&slot.id, home);
-                    return Ok(());
+                    inner.spares.bind(&slot.id, name);
+                    return Ok(Some(oom_kills));
                 }
                 Err(err) => {
                     warn!(pid, cause = %err, "cannot re-limit a worker's home cgroup; moving it");
                     let inner = inner.clone();
-                    tokio::task::spawn_blocking(move || inner.cgroups.remove_slot(&home));
+                    tokio::task::spawn_blocking(move || inner.cgroups.remove_slot(&name));
                 }
             }
         }
@@ -368,7 +380,7 @@ impl ProcessRuntime {
                 inner.spares.done(&limits, plan.name, created);
             });
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -514,11 +526,11 @@ impl Runtime for ProcessRuntime {
                 if inner.idle_priority.load(Ordering::Relaxed) {
                     priority::raise(idle.pid);
                 }
-                let placed = self
-                    .place(slot, &limits, idle.pid)
-                    .and_then(|()| gpu::fence(inner.cgroups.as_ref(), slot, idle.pid));
+                let placed = self.place(slot, &limits, idle.pid).and_then(|oom_kills| {
+                    gpu::fence(inner.cgroups.as_ref(), slot, idle.pid).map(|()| oom_kills)
+                });
                 match placed {
-                    Ok(()) => {
+                    Ok(oom_kills_before) => {
                         let scratch = match inner.scratch.prepare(&slot.id, slot.ram_bytes) {
                             Ok(scratch) => scratch,
                             Err(err) => {
@@ -531,6 +543,7 @@ impl Runtime for ProcessRuntime {
                             conn: idle.conn,
                             exit: idle.exit,
                             scratch: Some(scratch),
+                            oom_kills_before,
                         });
                     }
                     Err(err) if idle.exit.get().is_some() || !idle.conn.looks_alive() => {
