@@ -587,6 +587,59 @@ fn zygote_pid(daemon: &TestDaemon) -> Option<u32> {
     })
 }
 
+/// Home cgroups (`slot-w<pid>`) and scratch spaces (`w<pid>`) of workers that are gone.
+fn dead_workers_leftovers(daemon: &TestDaemon) -> Vec<String> {
+    let dead_homes = support::child_cgroups(&daemon.cgroup_parent)
+        .into_iter()
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_str()?.to_owned();
+            let pid: u32 = name.strip_prefix("slot-w")?.parse().ok()?;
+            (!support::alive(pid)).then_some(name)
+        });
+    let dead_scratch = std::fs::read_dir(daemon.state.path().join("scratch"))
+        .map(|entries| entries.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            let alive = name
+                .strip_prefix('w')
+                .and_then(|pid| pid.parse().ok())
+                .is_some_and(support::alive);
+            (!alive).then_some(name)
+        });
+    dead_homes.chain(dead_scratch).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_workers_cgroup_and_scratch_go_when_its_slot_gets_another() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("regrow", CgroupMode::Required).await;
+    let mut job = spec("regrow");
+    job.parallelism = 2;
+    let out = run_job(
+        daemon.addr,
+        &job,
+        &function("exits_on_3_and_20_else_sleeps", None),
+        0..40,
+    )
+    .await;
+    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+    let mut failed: Vec<u64> = out.failures.iter().map(|f| f.index).collect();
+    failed.sort_unstable();
+    assert_eq!(failed, [3, 20]);
+    assert_eq!(out.results.len(), 38);
+    // Each death's slot got another worker while the job went on; the dead worker's home
+    // cgroup and scratch went then, the job's own at its end: only live idle workers' remain.
+    let started = Instant::now();
+    while !dead_workers_leftovers(&daemon).is_empty() && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead_workers_leftovers(&daemon), Vec::<String>::new());
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_zygote_is_restarted() {
     require!(python);

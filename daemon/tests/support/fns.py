@@ -28,6 +28,13 @@ def exit_on_5(x):
     return x * 2
 
 
+def exits_on_3_and_20_else_sleeps(x):
+    if x in (3, 20):
+        os._exit(3)
+    time.sleep(0.02)
+    return x * 2
+
+
 def oom_on_3(x):
     if x == 3:
         hog = bytearray(2 << 30)

@@ -114,6 +114,17 @@ struct Home {
     /// Its OOM-kill count when the worker moved in, read then so that a job taking the worker
     /// does not read it on its way to the first input.
     oom_kills: u64,
+    /// Whether a scratch was made for it too (named like the cgroup), so that a job only
+    /// resizes it instead of mounting one.
+    scratch: bool,
+}
+
+/// Where [`ProcessRuntime::place`] put a worker.
+struct Placed {
+    /// The slot cgroup's OOM-kill count when already known.
+    oom_kills: Option<u64>,
+    /// The worker's home scratch, when it has one.
+    home_scratch: Option<String>,
 }
 
 /// Shared by the runtime handle, the zygote task and the acceptor.
@@ -159,10 +170,21 @@ impl Inner {
         match placed {
             Ok(()) => {
                 let oom_kills = self.cgroups.oom_kills(&name).unwrap_or(0);
-                self.homes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(pid, Home { name, oom_kills });
+                let scratch = match self.scratch.prepare_home(&name) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        warn!(pid, cause = %err, "cannot prepare an idle worker's scratch; its job makes one");
+                        false
+                    }
+                };
+                self.homes.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    pid,
+                    Home {
+                        name,
+                        oom_kills,
+                        scratch,
+                    },
+                );
             }
             Err(err) => {
                 warn!(pid, cause = %err, "cannot give an idle worker its own cgroup");
@@ -176,6 +198,7 @@ impl Inner {
         if let Some(Home { name, .. }) = self.take_home(pid) {
             let inner = self.clone();
             tokio::task::spawn_blocking(move || {
+                inner.scratch.remove(&name);
                 if let Err(err) = inner.cgroups.remove_slot(&name) {
                     debug!(pid, cause = %err, "cannot remove a dead idle worker's cgroup");
                 }
@@ -304,10 +327,12 @@ impl ProcessRuntime {
                 .map(|(_, home)| home.name)
                 .collect();
             let cgroups = inner.cgroups.clone();
+            let scratch_of = inner.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 for name in homes {
                     let _ = cgroups.kill_slot(&name);
                     let _ = cgroups.remove_slot(&name);
+                    scratch_of.scratch.remove(&name);
                 }
             })
             .await;
@@ -340,18 +365,33 @@ impl ProcessRuntime {
         slot: &fleetmap_sandbox::Slot,
         limits: &SlotLimits,
         pid: u32,
-    ) -> Result<Option<u64>, fleetmap_sandbox::SandboxError> {
+    ) -> Result<Placed, fleetmap_sandbox::SandboxError> {
         let inner = &self.inner;
-        if let Some(Home { name, oom_kills }) = inner.take_home(pid) {
-            match inner.cgroups.relimit_slot(&name, limits) {
+        // A slot whose worker died gets another one: the dead one's cgroup and scratch go.
+        if let Some(previous) = inner.spares.rebind(&slot.id) {
+            let inner = inner.clone();
+            tokio::task::spawn_blocking(move || {
+                inner.scratch.remove(&previous);
+                let _ = inner.cgroups.remove_slot(&previous);
+            });
+        }
+        if let Some(home) = inner.take_home(pid) {
+            match inner.cgroups.relimit_slot(&home.name, limits) {
                 Ok(()) => {
-                    inner.spares.bind(&slot.id, name);
-                    return Ok(Some(oom_kills));
+                    let home_scratch = home.scratch.then(|| home.name.clone());
+                    inner.spares.bind(&slot.id, home.name);
+                    return Ok(Placed {
+                        oom_kills: Some(home.oom_kills),
+                        home_scratch,
+                    });
                 }
                 Err(err) => {
                     warn!(pid, cause = %err, "cannot re-limit a worker's home cgroup; moving it");
                     let inner = inner.clone();
-                    tokio::task::spawn_blocking(move || inner.cgroups.remove_slot(&name));
+                    tokio::task::spawn_blocking(move || {
+                        inner.scratch.remove(&home.name);
+                        inner.cgroups.remove_slot(&home.name)
+                    });
                 }
             }
         }
@@ -380,7 +420,10 @@ impl ProcessRuntime {
                 inner.spares.done(&limits, plan.name, created);
             });
         }
-        Ok(None)
+        Ok(Placed {
+            oom_kills: None,
+            home_scratch: None,
+        })
     }
 }
 
@@ -526,12 +569,17 @@ impl Runtime for ProcessRuntime {
                 if inner.idle_priority.load(Ordering::Relaxed) {
                     priority::raise(idle.pid);
                 }
-                let placed = self.place(slot, &limits, idle.pid).and_then(|oom_kills| {
-                    gpu::fence(inner.cgroups.as_ref(), slot, idle.pid).map(|()| oom_kills)
+                let placed = self.place(slot, &limits, idle.pid).and_then(|placed| {
+                    gpu::fence(inner.cgroups.as_ref(), slot, idle.pid).map(|()| placed)
                 });
                 match placed {
-                    Ok(oom_kills_before) => {
-                        let scratch = match inner.scratch.prepare(&slot.id, slot.ram_bytes) {
+                    Ok(placed) => {
+                        let oom_kills_before = placed.oom_kills;
+                        let scratch = match &placed.home_scratch {
+                            Some(home) => inner.scratch.adopt(home, slot.ram_bytes),
+                            None => inner.scratch.prepare(&slot.id, slot.ram_bytes),
+                        };
+                        let scratch = match scratch {
                             Ok(scratch) => scratch,
                             Err(err) => {
                                 sigkill(idle.pid);
@@ -590,6 +638,9 @@ impl Runtime for ProcessRuntime {
             let removed = tokio::task::spawn_blocking(move || {
                 let removed = cgroups.remove_slot(&name);
                 inner.scratch.remove(&id);
+                if name != id {
+                    inner.scratch.remove(&name);
+                }
                 if let Err(err) = cgroups.remove_devices(&id) {
                     warn!(slot = %id, cause = %err, "cannot remove the slot's device cgroup");
                 }

@@ -1,7 +1,11 @@
-//! Per-slot scratch space of the process runtime: a size-limited tmpfs the daemon mounts at
-//! `<state>/scratch/<slot>` when a slot takes a worker and unmounts when the slot ends, so a
-//! function that writes until the disk is full fills only its own scratch (ENOSPC), and the
-//! next worker of the slot starts on an empty one.
+//! Per-worker scratch space of the process runtime: a size-limited tmpfs, so a function that
+//! writes until the disk is full fills only its own scratch (ENOSPC), and every worker starts
+//! on an empty one. An idle worker with a home cgroup gets its scratch at
+//! `<state>/scratch/w<pid>` when it joins the pool ([`ScratchDirs::prepare_home`]), at the
+//! node's largest size, and the job that takes it only resizes it to the slot
+//! ([`ScratchDirs::adopt`], a remount; a mount and a directory less on the job's way to its
+//! first input). Without a home the scratch is mounted at `<state>/scratch/<slot>` when the
+//! slot takes the worker. Either is unmounted and removed with the worker.
 //!
 //! Why tmpfs: it is the one bound the kernel enforces per directory without a dedicated
 //! block device or project quotas. Its pages are charged to the memory cgroup of the process
@@ -132,6 +136,47 @@ impl ScratchDirs {
             ScratchBound::Unbounded => mkdir_private(&path)?,
         }
         debug!(slot = slot_id, bytes, path = %path.display(), "scratch ready");
+        Ok(Scratch {
+            path: path.display().to_string(),
+            bytes: match self.bound {
+                ScratchBound::Tmpfs => bytes,
+                ScratchBound::Unbounded => 0,
+            },
+        })
+    }
+
+    /// A scratch made ahead of need under `name` (an idle worker's home), at the node's
+    /// largest size; [`ScratchDirs::adopt`] fits it to the slot that takes the worker.
+    pub fn prepare_home(&self, name: &str) -> Result<(), ScratchError> {
+        let path = self.path_of(name);
+        self.remove_dir(&path);
+        match self.bound {
+            ScratchBound::Tmpfs => self.mount_fresh(&path, self.max_bytes),
+            ScratchBound::Unbounded => mkdir_private(&path),
+        }
+    }
+
+    /// The home scratch `name` (see [`ScratchDirs::prepare_home`]) for a slot with `ram_bytes`
+    /// of RAM: its tmpfs is resized when the slot's size differs (a remount, not a new mount).
+    pub fn adopt(&self, name: &str, ram_bytes: u64) -> Result<Scratch, ScratchError> {
+        let path = self.path_of(name);
+        let bytes = self.size_for(ram_bytes);
+        if self.bound == ScratchBound::Tmpfs && bytes != self.max_bytes {
+            let data = format!("size={bytes}");
+            mount(
+                None::<&str>,
+                &path,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(data.as_str()),
+            )
+            .map_err(|source| ScratchError::Mount {
+                op: "remount",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        debug!(home = name, bytes, path = %path.display(), "scratch adopted");
         Ok(Scratch {
             path: path.display().to_string(),
             bytes: match self.bound {
@@ -338,6 +383,36 @@ mod tests {
         assert!(!path.exists());
         assert!(!is_mount_point(&path));
         assert!(mounts_below(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_home_scratch_is_made_ahead_and_fitted_to_the_slot_that_takes_it() {
+        if let Some(why) = root_may_mount() {
+            eprintln!(
+                "SKIPPED a_home_scratch_is_made_ahead_and_fitted_to_the_slot_that_takes_it: {why}"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = ScratchDirs::open(dir.path(), 8 << 20, true).expect("open");
+        dirs.prepare_home("w1").expect("home");
+        let path = dirs.path_of("w1");
+        assert!(is_mount_point(&path));
+        // A slot of 8 MiB of RAM gets 4 MiB: the tmpfs is resized, not replaced.
+        let scratch = dirs.adopt("w1", 8 << 20).expect("adopt");
+        assert_eq!(scratch.bytes, 4 << 20);
+        assert_eq!(PathBuf::from(&scratch.path), path);
+        assert_eq!(mounts_below(&path), vec![path.clone()], "still one mount");
+        let err = std::fs::write(path.join("big"), vec![7u8; 6 << 20]).expect_err("must not fit");
+        assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
+        // A slot large enough for the node's size keeps the mount as it is.
+        dirs.prepare_home("w2").expect("home");
+        assert_eq!(dirs.adopt("w2", 1 << 30).expect("adopt").bytes, 8 << 20);
+        std::fs::write(dirs.path_of("w2").join("fits"), vec![7u8; 6 << 20]).expect("fits");
+        dirs.remove("w1");
+        dirs.remove("w2");
+        assert!(mounts_below(dir.path()).is_empty());
+        assert!(!path.exists());
     }
 
     #[test]

@@ -70,6 +70,12 @@ impl Spares {
             .unwrap_or_else(|| slot_id.to_string())
     }
 
+    /// Forgets the cgroup `slot_id` was given (a spare or a worker's home), if any: the slot is
+    /// about to get another worker's.
+    pub fn rebind(&self, slot_id: &str) -> Option<String> {
+        self.lock().names.remove(slot_id)
+    }
+
     /// Forgets `slot_id`; returns its cgroup name.
     pub fn unbind(&self, slot_id: &str) -> String {
         self.lock()
