@@ -136,13 +136,18 @@ impl ScratchDirs {
             ScratchBound::Unbounded => mkdir_private(&path)?,
         }
         debug!(slot = slot_id, bytes, path = %path.display(), "scratch ready");
-        Ok(Scratch {
+        Ok(self.described(&path, bytes))
+    }
+
+    /// The scratch at `path` as a worker is told of it: its size, or 0 when unbounded.
+    fn described(&self, path: &Path, bytes: u64) -> Scratch {
+        Scratch {
             path: path.display().to_string(),
             bytes: match self.bound {
                 ScratchBound::Tmpfs => bytes,
                 ScratchBound::Unbounded => 0,
             },
-        })
+        }
     }
 
     /// A scratch made ahead of need under `name` (an idle worker's home), at the node's
@@ -177,13 +182,7 @@ impl ScratchDirs {
             })?;
         }
         debug!(home = name, bytes, path = %path.display(), "scratch adopted");
-        Ok(Scratch {
-            path: path.display().to_string(),
-            bytes: match self.bound {
-                ScratchBound::Tmpfs => bytes,
-                ScratchBound::Unbounded => 0,
-            },
-        })
+        Ok(self.described(&path, bytes))
     }
 
     /// Unmounts and removes `slot_id`'s scratch (nothing when it has none).
