@@ -148,6 +148,34 @@ pub fn whole_job(
     frames
 }
 
+/// Runs `function` (Python source defining `f`) over `range(n)` as one whole submission to
+/// the coordinator at `url` through `http`, in batches of `batch`, and checks that it
+/// completed with every input answered once and each result equal to `expected` (a Python
+/// expression of `i`).
+pub async fn run_whole_python_job(
+    http: &Http,
+    url: &str,
+    id: &str,
+    function: &str,
+    n: u64,
+    batch: usize,
+    expected: &str,
+) -> Result<()> {
+    let payloads = python::payloads(function, &format!("range({n})"))?;
+    let count = usize::try_from(n)?;
+    let first = whole_job(&spec(id, n), &payloads, 0..count, batch);
+    let (_body, mut stream) = http.submit(url, &first).await?;
+    let collected = Collected::from_frames(&stream.until_end(Duration::from_secs(60)).await?)?;
+    anyhow::ensure!(
+        collected.end.as_ref().map(|e| e.state) == Some(agent_proto::JobState::Completed),
+        "{:?}",
+        collected.end
+    );
+    anyhow::ensure!(collected.each_index_once()? == count);
+    anyhow::ensure!(python::check_results(&collected.results, expected)? == count);
+    Ok(())
+}
+
 /// What a result stream carried, by kind.
 #[derive(Debug, Default)]
 pub struct Collected {

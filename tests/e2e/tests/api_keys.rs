@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_proto::{ErrorBody, JobState};
+use agent_proto::ErrorBody;
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use fleetmap_e2e::procs::binary;
-use fleetmap_e2e::{job_id, python, spec, whole_job, Collected, Coordinator, Daemon, Http};
+use fleetmap_e2e::{job_id, run_whole_python_job, Coordinator, Daemon, Http};
 use http::{Method, StatusCode};
 use serde_json::Value;
 
@@ -231,18 +231,17 @@ async fn every_route_needs_its_credential_and_keys_are_revocable_and_never_logge
     walk("coordinator", &coordinator.url, Some(&alice), &mut walked).await?;
 
     // A job runs with a key (and its results are those of the function).
-    let payloads = python::payloads("def f(x):\n    return x * 2\n", "range(40)")?;
     let id = job_id("keyed");
-    let first = whole_job(&spec(&id, 40), &payloads, 0..40, 10);
-    let (_body, mut stream) = alice_http.submit(&coordinator.url, &first).await?;
-    let collected = Collected::from_frames(&stream.until_end(Duration::from_secs(60)).await?)?;
-    ensure!(
-        collected.end.as_ref().map(|e| e.state) == Some(JobState::Completed),
-        "{:?}",
-        collected.end
-    );
-    ensure!(collected.each_index_once()? == 40);
-    ensure!(python::check_results(&collected.results, "i * 2")? == 40);
+    run_whole_python_job(
+        &alice_http,
+        &coordinator.url,
+        &id,
+        "def f(x):\n    return x * 2\n",
+        40,
+        10,
+        "i * 2",
+    )
+    .await?;
 
     // Revoked while the coordinator runs: refused within a second or so; bob is unaffected.
     let revoked = keys(&db, &["revoke", "alice"])?;

@@ -7,11 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_proto::JobState;
 use anyhow::{ensure, Result};
 use fleetmap_e2e::{
-    job_id, procs, python, spec, whole_job, Cluster, Collected, Coordinator, Daemon, DaemonOptions,
-    Http,
+    job_id, procs, run_whole_python_job, Cluster, Coordinator, Daemon, DaemonOptions, Http,
 };
 
 /// A CA, and a certificate for `localhost` and 127.0.0.1 it signed, as PEM files.
@@ -115,21 +113,16 @@ async fn a_fleet_over_tls_registers_and_runs_a_job_and_refuses_plain_http_and_st
     );
 
     // A job, client → coordinator → daemon, each hop HTTPS.
-    let payloads = python::payloads("def f(x):\n    return x + 1\n", "range(40)")?;
-    let id = job_id("tls");
-    let first = whole_job(&spec(&id, 40), &payloads, 0..40, 8);
-    let (_body, mut stream) = cluster
-        .http
-        .submit(&cluster.coordinator.url, &first)
-        .await?;
-    let collected = Collected::from_frames(&stream.until_end(Duration::from_secs(60)).await?)?;
-    ensure!(
-        collected.end.as_ref().map(|e| e.state) == Some(JobState::Completed),
-        "{:?}",
-        collected.end
-    );
-    ensure!(collected.each_index_once()? == 40);
-    ensure!(python::check_results(&collected.results, "i + 1")? == 40);
+    run_whole_python_job(
+        &cluster.http,
+        &cluster.coordinator.url,
+        &job_id("tls"),
+        "def f(x):\n    return x + 1\n",
+        40,
+        8,
+        "i + 1",
+    )
+    .await?;
 
     // Plain HTTP to either TLS port gets no HTTP answer.
     for url in [&cluster.coordinator.url, &cluster.daemons[0].url] {
