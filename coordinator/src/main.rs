@@ -108,25 +108,8 @@ struct Args {
     /// made by `fleetmap-coordinator keys create`; needs a cluster token as well.
     #[arg(long)]
     require_api_keys: bool,
-    /// PEM certificate chain to serve HTTPS with (needs --tls-key-file); without both, plain HTTP.
-    #[arg(long, value_name = "PATH")]
-    tls_cert_file: Option<PathBuf>,
-    /// PEM private key of --tls-cert-file's first certificate.
-    #[arg(long, value_name = "PATH")]
-    tls_key_file: Option<PathBuf>,
-    /// PEM CA certificate(s) that `https://` nodes' certificates are verified against
-    /// (default: the system's roots).
-    #[arg(long, value_name = "PATH")]
-    tls_ca_file: Option<PathBuf>,
-}
-
-/// Loads the TLS files; a refusal is a setting's error (exit code 2).
-fn load_tls(args: &Args) -> Result<TlsSettings, fleetmap_service_tls::TlsError> {
-    fleetmap_service_tls::load(
-        args.tls_cert_file.as_deref(),
-        args.tls_key_file.as_deref(),
-        args.tls_ca_file.as_deref(),
-    )
+    #[command(flatten)]
+    tls: fleetmap_service_tls::TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -148,7 +131,7 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(args.log_format);
-    let tls = match load_tls(&args) {
+    let tls = match args.tls.load() {
         Ok(tls) => tls,
         Err(err) => {
             eprintln!("error: {err}");

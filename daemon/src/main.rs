@@ -157,17 +157,8 @@ struct Args {
     /// --cgroups off). For coordinator scale benchmarks; never for real work.
     #[arg(long, value_name = "N")]
     test_only_simulated_slots: Option<u32>,
-    /// PEM certificate chain to serve HTTPS with (needs --tls-key-file); without both, plain
-    /// HTTP. The default --advertise URL is then `https://`.
-    #[arg(long, value_name = "PATH")]
-    tls_cert_file: Option<PathBuf>,
-    /// PEM private key of --tls-cert-file's first certificate.
-    #[arg(long, value_name = "PATH")]
-    tls_key_file: Option<PathBuf>,
-    /// PEM CA certificate(s) an `https://` coordinator is verified against (default: the
-    /// system's roots).
-    #[arg(long, value_name = "PATH")]
-    tls_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: fleetmap_service_tls::TlsArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -221,7 +212,7 @@ fn main() -> ExitCode {
             url,
             addr_file,
             json,
-            tls_ca_file.or(args.tls_ca_file),
+            tls_ca_file.or(args.tls.tls_ca_file),
         )),
         None if args.check => {
             return match runtime.block_on(check(args)) {
@@ -235,7 +226,7 @@ fn main() -> ExitCode {
         }
         None => {
             // A TLS setting that cannot serve is refused like any other bad setting.
-            let tls = match load_tls(&args) {
+            let tls = match args.tls.load() {
                 Ok(tls) => tls,
                 Err(err) => {
                     eprintln!("error: {err}");
@@ -275,15 +266,6 @@ async fn check(args: Args) -> anyhow::Result<bool> {
     let report = fleetmapd::check::check(&config).await;
     print!("{}", report.render());
     Ok(report.passed())
-}
-
-/// Loads the TLS files; a refusal is a setting's error (exit code 2).
-fn load_tls(args: &Args) -> Result<TlsSettings, fleetmap_service_tls::TlsError> {
-    fleetmap_service_tls::load(
-        args.tls_cert_file.as_deref(),
-        args.tls_key_file.as_deref(),
-        args.tls_ca_file.as_deref(),
-    )
 }
 
 /// The daemon's configuration from its flags, and the drain timeout.
@@ -338,9 +320,9 @@ fn config_from(args: Args) -> anyhow::Result<(Config, Duration)> {
     config.scratch_bytes = args.scratch_mib.saturating_mul(1 << 20);
     config.env_pool_size = args.env_pool_size;
     config.tls_files = fleetmapd::TlsFiles {
-        cert: args.tls_cert_file,
-        key: args.tls_key_file,
-        ca: args.tls_ca_file,
+        cert: args.tls.tls_cert_file,
+        key: args.tls.tls_key_file,
+        ca: args.tls.tls_ca_file,
     };
     Ok((config, drain_timeout))
 }

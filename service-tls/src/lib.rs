@@ -9,15 +9,19 @@
 //! - [`client_config`] and [`https_connector`]: a verifying client that trusts a CA file (the
 //!   `tls_ca_file` setting) or else the system's roots, speaking `https://` and `http://` alike.
 //!
+//! - [`TlsArgs`]: the three flags both services take, loaded with [`TlsArgs::load`].
+//!
 //! No client certificates (mTLS): the cluster token and API keys authenticate, TLS encrypts and
 //! proves the server's name. Every error is one sentence naming the setting and what to change.
 
+mod args;
 mod client;
 mod error;
 mod pem;
 mod refusal;
 mod server;
 
+pub use args::TlsArgs;
 pub use client::{client_config, https_connector, system_client_config, HttpsConnector};
 pub use error::{HandshakeError, TlsError};
 pub use refusal::serve_refusal;
