@@ -209,7 +209,7 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
     let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
     let first = job
         .queue()
-        .pop(sizer.next_size_within(job.chunk_share()))
+        .pop(sizer.next_size_within(|| job.chunk_share()))
         .map(Arc::new);
     let (assign_header, function_header) = (assign.header(), function.header());
     let mut parts: Vec<&[u8]> = vec![
@@ -394,7 +394,7 @@ impl WorkerCtx<'_> {
                         return self.died(in_flight, None, true).await;
                     }
                 }
-                chunk = job.queue().next_chunk(sizer.next_size_within(job.chunk_share())), if in_flight.len() < sizer.in_flight_limit(job.has_spare_work()) => {
+                chunk = job.queue().next_chunk(sizer.next_size_within(|| job.chunk_share())), if in_flight.len() < sizer.in_flight_limit(job.has_spare_work()) => {
                     let Some(chunk) = chunk else { continue };
                     let chunk = Arc::new(chunk);
                     in_flight.push_back(InFlight::new(chunk.clone()));

@@ -55,12 +55,12 @@ impl ChunkSizer {
         }
     }
 
-    /// Items for the next chunk when `share` is the job's [`fair_share`]: slow items are
-    /// capped by it, fast ones are not.
-    pub fn next_size_within(&self, share: usize) -> usize {
+    /// Items for the next chunk when `share` gives the job's [`fair_share`]: slow items are
+    /// capped by it, fast ones are not (and do not ask for it: it takes the job's locks).
+    pub fn next_size_within(&self, share: impl FnOnce() -> usize) -> usize {
         let size = self.next_size();
         match self.per_item_ns {
-            Some(ns) if ns >= SLOW_ITEM.as_nanos() as f64 => size.min(share.max(1)),
+            Some(ns) if ns >= SLOW_ITEM.as_nanos() as f64 => size.min(share().max(1)),
             _ => size,
         }
     }
@@ -129,20 +129,24 @@ mod tests {
         let mut slow = ChunkSizer::new();
         slow.observe(1, t0, t0 + Duration::from_millis(10));
         assert_eq!(
-            slow.next_size_within(fair_share(200, 2)),
+            slow.next_size_within(|| fair_share(200, 2)),
             10,
             "plenty queued"
         );
         assert_eq!(
-            slow.next_size_within(fair_share(24, 2)),
+            slow.next_size_within(|| fair_share(24, 2)),
             3,
             "a quarter of each part"
         );
-        assert_eq!(slow.next_size_within(fair_share(12, 2)), 1, "the tail");
-        assert_eq!(slow.next_size_within(fair_share(0, 2)), 1, "never 0");
+        assert_eq!(slow.next_size_within(|| fair_share(12, 2)), 1, "the tail");
+        assert_eq!(slow.next_size_within(|| fair_share(0, 2)), 1, "never 0");
         let mut fast = ChunkSizer::new();
         fast.observe(100, t0, t0 + Duration::from_micros(100));
-        assert_eq!(fast.next_size_within(fair_share(12, 2)), MAX_CHUNK);
+        assert_eq!(fast.next_size_within(|| fair_share(12, 2)), MAX_CHUNK);
+        assert_eq!(
+            fast.next_size_within(|| unreachable!("fast items never ask for the share")),
+            MAX_CHUNK
+        );
         assert_eq!(fair_share(100, 0), 25, "no instance counted yet: as if one");
     }
 
