@@ -38,29 +38,7 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
     let mut writes_since_prune = 0usize;
     let mut burst = Vec::with_capacity(BURST);
     while let Some(op) = rx.blocking_recv() {
-        let mut next = Some(op);
-        let mut waited = false;
-        // Gather the writes queued right now into one transaction.
-        loop {
-            let write = match next {
-                Some(Op::Put(record)) => Write::Record(record),
-                Some(Op::Results(rows)) => Write::Results(rows),
-                Some(Op::Logs(rows)) => Write::Logs(rows),
-                Some(Op::Detached(write)) => Write::Detached(write),
-                _ => break,
-            };
-            push(&mut burst, write);
-            next = if burst.len() < BURST {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-            if next.is_none() && !waited && burst.len() < BURST && only_records(&burst) {
-                waited = true;
-                std::thread::sleep(RECORDS_WINDOW);
-                next = rx.try_recv().ok();
-            }
-        }
+        let next = gather(&mut rx, op, &mut burst, RECORDS_WINDOW);
         if !burst.is_empty() {
             writes_since_prune += burst.len();
             if let Err(err) = commit(&mut conn, &burst) {
@@ -114,6 +92,38 @@ pub fn run(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
+/// Gathers `first` and the writes queued behind it into `burst` (one transaction), waiting
+/// `window` once for more when the burst holds job records alone; returns the operation that
+/// ended the burst (a read, a close), if any.
+fn gather(
+    rx: &mut mpsc::Receiver<Op>,
+    first: Op,
+    burst: &mut Vec<Write>,
+    window: std::time::Duration,
+) -> Option<Op> {
+    let mut next = Some(first);
+    let mut waited = false;
+    loop {
+        let write = match next {
+            Some(Op::Put(record)) => Write::Record(record),
+            Some(Op::Results(rows)) => Write::Results(rows),
+            Some(Op::Logs(rows)) => Write::Logs(rows),
+            Some(Op::Detached(write)) => Write::Detached(write),
+            other => return other,
+        };
+        push(burst, write);
+        if burst.len() >= BURST {
+            return None;
+        }
+        next = rx.try_recv().ok();
+        if next.is_none() && !waited && only_records(burst) {
+            waited = true;
+            std::thread::sleep(window);
+            next = rx.try_recv().ok();
+        }
+    }
+}
+
 /// Adds `write` to the burst; a job record replaces the burst's earlier record of the same job
 /// (records are whole snapshots, written as upserts).
 fn push(burst: &mut Vec<Write>, write: Write) {
@@ -144,4 +154,99 @@ fn commit(conn: &mut Connection, burst: &[Write]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use agent_proto::JobState;
+
+    use super::*;
+
+    fn record(job_id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            job_id: job_id.into(),
+            state,
+            created_at_ms: 1,
+            finished_at_ms: None,
+            inputs: 0,
+            done: 0,
+            failed: 0,
+            func_cpu: 1,
+            func_ram_gb: 1,
+            message: None,
+            stored_results: false,
+        }
+    }
+
+    fn states(burst: &[Write]) -> Vec<(String, JobState)> {
+        burst
+            .iter()
+            .filter_map(|write| match write {
+                Write::Record(r) => Some((r.job_id.clone(), r.state)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_arriving_within_the_window_share_a_burst_and_a_job_keeps_its_last() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            tx.blocking_send(Op::Put(record("a", JobState::Completed)))
+                .expect("send");
+            tx.blocking_send(Op::Put(record("b", JobState::Running)))
+                .expect("send");
+        });
+        let mut burst = Vec::new();
+        let first = Op::Put(record("a", JobState::Running));
+        let next = gather(&mut rx, first, &mut burst, Duration::from_millis(100));
+        later.join().expect("sender");
+        assert!(next.is_none());
+        assert_eq!(
+            states(&burst),
+            [
+                ("a".to_string(), JobState::Completed),
+                ("b".to_string(), JobState::Running)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_burst_with_other_writes_does_not_wait() {
+        let (tx, mut rx) = mpsc::channel::<Op>(16);
+        let mut burst = Vec::new();
+        let first = Op::Logs(LogRows {
+            job_id: "a".into(),
+            first_seq: 0,
+            entries: Vec::new(),
+        });
+        let started = Instant::now();
+        let next = gather(&mut rx, first, &mut burst, Duration::from_secs(5));
+        assert!(next.is_none() && burst.len() == 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(tx);
+    }
+
+    #[test]
+    fn a_read_ends_the_burst_and_is_handed_back() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let (reply, _answer) = tokio::sync::oneshot::channel();
+        tx.try_send(Op::Get("a".into(), reply)).expect("queue");
+        let mut burst = Vec::new();
+        let next = gather(
+            &mut rx,
+            Op::Put(record("a", JobState::Running)),
+            &mut burst,
+            Duration::from_secs(5),
+        );
+        assert!(matches!(next, Some(Op::Get(..))));
+        assert_eq!(states(&burst).len(), 1);
+    }
 }
