@@ -11,12 +11,12 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_proto::{EnvSpec, JobState};
+use agent_proto::EnvSpec;
 use fleetmap_sandbox::CgroupMode;
 use fleetmapd::env::disk::free_bytes;
 use fleetmapd::RuntimeKind;
 use private_engine::{PrivateEngine, IMAGE};
-use support::{function, run_job, spec, TestDaemon};
+use support::{spec, TestDaemon};
 
 const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The engine's disk: the base image (about 145 MiB, copied whole per layer by `vfs`), one
@@ -57,15 +57,8 @@ async fn a_docker_build_that_fills_the_disk_fails_with_what_to_do_and_gives_the_
         content: fill,
         context: Vec::new(),
     };
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        run_job(daemon.addr, &job, &function("double", None), 0..5),
-    )
-    .await
-    .expect("the build ends");
-    let end = out.end();
-    assert_eq!(end.state, JobState::Failed, "{end:?}");
-    let message = end.message.clone().unwrap_or_default();
+    let (out, message) =
+        support::failed_job(daemon.addr, &job, 0..5, Duration::from_secs(300)).await;
     assert!(
         message.starts_with("the node's disk is full:"),
         "one sentence first: {message}"

@@ -457,6 +457,23 @@ pub async fn run_doubles(addr: SocketAddr, job_id: &str, n: u64, limit: Duration
     }
 }
 
+/// Runs `double` over `range` as `spec` within `limit` and checks that the job failed: a job
+/// that must end with one sentence instead of hanging. Returns its stream and END message.
+pub async fn failed_job(
+    addr: SocketAddr,
+    spec: &JobSpec,
+    range: std::ops::Range<u64>,
+    limit: Duration,
+) -> (Collected, String) {
+    let out = tokio::time::timeout(limit, run_job(addr, spec, &function("double", None), range))
+        .await
+        .unwrap_or_else(|_| panic!("job {} did not end within {limit:?}", spec.job_id));
+    let end = out.end();
+    assert_eq!(end.state, JobState::Failed, "{end:?}");
+    let message = end.message.clone().unwrap_or_default();
+    (out, message)
+}
+
 /// `cloudpickle.dumps` of the test function `name` (see `fns.py`), with an optional arg.
 pub fn function(name: &str, arg: Option<&str>) -> Bytes {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fns.py");
