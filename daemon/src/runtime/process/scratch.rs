@@ -129,12 +129,8 @@ impl ScratchDirs {
     /// unmounted and removed first.
     pub fn prepare(&self, slot_id: &str, ram_bytes: u64) -> Result<Scratch, ScratchError> {
         let path = self.path_of(slot_id);
-        self.remove_dir(&path);
         let bytes = self.size_for(ram_bytes);
-        match self.bound {
-            ScratchBound::Tmpfs => self.mount_fresh(&path, bytes)?,
-            ScratchBound::Unbounded => mkdir_private(&path)?,
-        }
+        self.make_empty(&path, bytes)?;
         debug!(slot = slot_id, bytes, path = %path.display(), "scratch ready");
         Ok(self.described(&path, bytes))
     }
@@ -153,11 +149,15 @@ impl ScratchDirs {
     /// A scratch made ahead of need under `name` (an idle worker's home), at the node's
     /// largest size; [`ScratchDirs::adopt`] fits it to the slot that takes the worker.
     pub fn prepare_home(&self, name: &str) -> Result<(), ScratchError> {
-        let path = self.path_of(name);
-        self.remove_dir(&path);
+        self.make_empty(&self.path_of(name), self.max_bytes)
+    }
+
+    /// An empty scratch at `path` of `bytes` (bound permitting), whatever was there removed.
+    fn make_empty(&self, path: &Path, bytes: u64) -> Result<(), ScratchError> {
+        self.remove_dir(path);
         match self.bound {
-            ScratchBound::Tmpfs => self.mount_fresh(&path, self.max_bytes),
-            ScratchBound::Unbounded => mkdir_private(&path),
+            ScratchBound::Tmpfs => self.mount_fresh(path, bytes),
+            ScratchBound::Unbounded => mkdir_private(path),
         }
     }
 
