@@ -68,8 +68,6 @@ def remote_parallel_map(
     validate.check_flags(generator, detach)
     key = validate.check_api_key(api_key)
     env = environment.resolve(dockerfile, packages)
-    if env["kind"] == "clone":
-        environment.register_local_distributions()
     job_id = uuid.uuid4().hex
     spec = validate.build_spec(
         job_id,

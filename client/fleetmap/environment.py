@@ -61,7 +61,7 @@ def resolve(dockerfile: Any, packages: Any) -> Dict[str, Any]:
             return {"kind": "packages", "packages": packages}
         if os.environ.get(ENV_CLONE, "1").strip().lower() in ("0", "false", "no", "off"):
             return {"kind": "node_default"}
-        return {"kind": "clone", "distributions": installed_distributions()}
+        return clone()
     if packages is not None:
         raise InvalidArgument(
             "pass either dockerfile or packages, not both; install the packages with `RUN pip install` in the Dockerfile."
@@ -173,13 +173,14 @@ def _top_level_names(dist: Any) -> List[str]:
     return sorted(names)
 
 
-def register_local_distributions() -> List[str]:
-    """Pickle by value the imported modules of distributions the clone leaves out because
-    they were installed from a local path (the nodes cannot install them); returns them."""
+def clone() -> Dict[str, Any]:
+    """The ``clone`` environment of this interpreter, from one scan of ``sys.path``: pins of the
+    installed distributions, and the imported modules of those installed from a local path
+    (the nodes cannot install them) registered to be pickled by value."""
     import cloudpickle
 
-    registered = []
-    for top in _scan()[1]:
+    pins, local = _scan()
+    for top in local:
         module = sys.modules.get(top)
         if module is None:
             continue
@@ -187,8 +188,7 @@ def register_local_distributions() -> List[str]:
             cloudpickle.register_pickle_by_value(module)
         except (ValueError, TypeError):
             continue
-        registered.append(top)
-    return registered
+    return {"kind": "clone", "distributions": list(pins)}
 
 
 # -- the Dockerfile's context ------------------------------------------------------------

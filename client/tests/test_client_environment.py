@@ -81,6 +81,21 @@ def test_the_clone_skips_local_installs(tmp_path, monkeypatch):
     assert not any(d.startswith("localpkg") for d in dists)
 
 
+def test_a_clone_call_checks_sys_path_once(monkeypatch):
+    """The pins and the local modules come from one look at sys.path (a stat per entry)."""
+    stamps = []
+    real = environment._sys_path_stamp
+
+    def counting():
+        stamps.append(1)
+        return real()
+
+    monkeypatch.setattr(environment, "_sys_path_stamp", counting)
+    monkeypatch.delenv(environment.ENV_CLONE, raising=False)
+    assert environment.resolve(None, None)["kind"] == "clone"
+    assert len(stamps) == 1
+
+
 def test_the_distribution_scan_runs_once_per_sys_path_state(tmp_path, monkeypatch):
     """Reading every distribution's metadata costs tens of ms: warm calls must not repeat it."""
     import importlib.metadata as metadata
@@ -95,9 +110,8 @@ def test_the_distribution_scan_runs_once_per_sys_path_state(tmp_path, monkeypatc
     monkeypatch.setattr(metadata, "distributions", counting)
     monkeypatch.syspath_prepend(str(tmp_path))
     first = environment.installed_distributions()
-    environment.register_local_distributions()
+    assert environment.clone()["distributions"] == first
     assert environment.installed_distributions() == first
-    environment.register_local_distributions()
     assert len(calls) == 1, "one scan serves both lists and later calls"
 
     pkg = tmp_path / "laterpkg-3.0.dist-info"

@@ -15,8 +15,8 @@ use crate::job::supervisor;
 use crate::job::{admit, Job};
 use crate::state::Daemon;
 
-/// Admits a job and answers with its result stream; the rest of the body (inputs) is read by
-/// a task of its own while the answer streams.
+/// Admits a job and answers with its result stream; the inputs already received are queued
+/// first, the rest of the body is read by a task of its own while the answer streams.
 pub async fn submit(
     daemon: &Daemon,
     submission: Submission,
@@ -46,7 +46,7 @@ pub async fn submit(
     // cannot complete the job while this body still has inputs to queue.
     let feeding = job.feeding();
     let (starting, ctx) = (job.clone(), daemon.job_context());
-    tokio::spawn(async move {
+    let mut feeding_task = Box::pin(async move {
         let start = move || supervisor::start(starting, ctx, sink);
         match feed_then(&feeding, &mut inputs, start).await {
             Ok(_) => {}
@@ -64,6 +64,12 @@ pub async fn submit(
             }
         }
     });
+    // Queued here, before the answer is written, the body's first batch (it came in the same
+    // read as SPEC and FUNCTION) starts the instances at once; what the body has not sent yet
+    // is fed by a task of its own.
+    if futures_util::poll!(feeding_task.as_mut()).is_pending() {
+        tokio::spawn(feeding_task);
+    }
     let mut response = Response::new(body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
