@@ -433,6 +433,50 @@ async fn a_client_that_disconnects_cancels_its_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn homes_are_reused_with_the_next_jobs_limits() {
+    require!(cgroups);
+    let daemon = TestDaemon::start("reuse", CgroupMode::Required).await;
+    let mut homes = std::collections::BTreeSet::new();
+    for n in 0..8u32 {
+        let mut job = spec(&format!("reuse-{n}"));
+        job.func_ram_gb = 1 + n % 2;
+        job.expected_inputs = Some(1);
+        let out = run_job(daemon.addr, &job, &function("limits", None), 0..1).await;
+        assert_eq!(out.end().state, JobState::Completed, "{:?}", out.failures);
+        let seen = support::unpickle_str(&out.results[&0]).expect("a str");
+        let seen: serde_json::Value = serde_json::from_str(&seen).expect("json");
+        // Whichever job had the home before, this one sees its own limit.
+        assert_eq!(
+            seen["memory_limit"],
+            (u64::from(job.func_ram_gb) << 30).to_string(),
+            "{seen}"
+        );
+        assert_eq!(seen["affinity"].as_array().map(Vec::len), Some(1), "{seen}");
+        let cgroup = seen["cgroup"].as_str().expect("cgroup");
+        let home = cgroup
+            .lines()
+            .find(|l| l.contains(":memory:"))
+            .and_then(|l| l.rsplit('/').next())
+            .expect("memory line")
+            .to_owned();
+        assert!(home.starts_with("slot-h"), "{cgroup}");
+        homes.insert(home);
+        // The job's home is vacated in the background after END; the next job's workers
+        // come from a full pool.
+        let started = Instant::now();
+        while support::get_json(daemon.addr, "/v1/node").await["pool"]["idle"] != 2
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Eight jobs, each on a fresh worker, lived in a handful of homes: at most the pool's
+    // two idle workers', the working one's and the two kept vacant.
+    assert!(homes.len() <= 5, "a new home per job: {homes:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_see_their_cpuset_and_memory_limit() {
     require!(cgroups);
     let daemon = TestDaemon::start("limits", CgroupMode::Required).await;
@@ -447,7 +491,7 @@ async fn instances_see_their_cpuset_and_memory_limit() {
     let cgroup = seen["cgroup"].as_str().expect("cgroup");
     // The worker was settled in a home cgroup of its own while idle, and the job re-limited
     // that cgroup instead of moving the process (a move can cost an RCU grace period).
-    let slot_line = format!("{}/slot-w{}", daemon.cgroup_parent, seen["pid"]);
+    let slot_line = format!("{}/slot-h", daemon.cgroup_parent);
     assert!(
         cgroup
             .lines()
@@ -587,56 +631,68 @@ fn zygote_pid(daemon: &TestDaemon) -> Option<u32> {
     })
 }
 
-/// Home cgroups (`slot-w<pid>`) and scratch spaces (`w<pid>`) of workers that are gone.
-fn dead_workers_leftovers(daemon: &TestDaemon) -> Vec<String> {
-    let dead_homes = support::child_cgroups(&daemon.cgroup_parent)
-        .into_iter()
-        .filter_map(|dir| {
-            let name = dir.file_name()?.to_str()?.to_owned();
-            let pid: u32 = name.strip_prefix("slot-w")?.parse().ok()?;
-            (!support::alive(pid)).then_some(name)
-        });
-    let dead_scratch = std::fs::read_dir(daemon.state.path().join("scratch"))
+/// Names of the home cgroups (`slot-h<n>`) with no process in them, and of the scratch spaces
+/// that belong to no home cgroup.
+fn vacant_homes_and_stray_scratch(daemon: &TestDaemon) -> (Vec<String>, Vec<String>) {
+    let mut homes = Vec::new();
+    let mut vacant = Vec::new();
+    for dir in support::child_cgroups(&daemon.cgroup_parent) {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(home) = name.strip_prefix("slot-h") else {
+            continue;
+        };
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() && dir.to_string_lossy().contains("/memory/") {
+            vacant.push(format!("h{home}"));
+        }
+        homes.push(format!("h{home}"));
+    }
+    let stray = std::fs::read_dir(daemon.state.path().join("scratch"))
         .map(|entries| entries.flatten().collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_str()?.to_owned();
-            let alive = name
-                .strip_prefix('w')
-                .and_then(|pid| pid.parse().ok())
-                .is_some_and(support::alive);
-            (!alive).then_some(name)
-        });
-    dead_homes.chain(dead_scratch).collect()
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        .filter(|name| !homes.contains(name))
+        .collect();
+    (vacant, stray)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_workers_cgroup_and_scratch_go_when_its_slot_gets_another() {
     require!(cgroups);
     let daemon = TestDaemon::start("regrow", CgroupMode::Required).await;
-    let mut job = spec("regrow");
-    job.parallelism = 2;
-    let out = run_job(
-        daemon.addr,
-        &job,
-        &function("exits_on_3_and_20_else_sleeps", None),
-        0..40,
-    )
-    .await;
-    assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
-    let mut failed: Vec<u64> = out.failures.iter().map(|f| f.index).collect();
-    failed.sort_unstable();
-    assert_eq!(failed, [3, 20]);
-    assert_eq!(out.results.len(), 38);
-    // Each death's slot got another worker while the job went on; the dead worker's home
-    // cgroup and scratch went then, the job's own at its end: only live idle workers' remain.
+    // Three jobs, six deaths: each death's slot gets another worker while the job goes on.
+    for run in 0..3 {
+        let mut job = spec(&format!("regrow-{run}"));
+        job.parallelism = 2;
+        let out = run_job(
+            daemon.addr,
+            &job,
+            &function("exits_on_3_and_20_else_sleeps", None),
+            0..40,
+        )
+        .await;
+        assert_eq!(out.end().state, JobState::Completed, "{:?}", out.end());
+        let mut failed: Vec<u64> = out.failures.iter().map(|f| f.index).collect();
+        failed.sort_unstable();
+        assert_eq!(failed, [3, 20]);
+        assert_eq!(out.results.len(), 38);
+    }
+    // A dead worker's home is vacated for a later worker (at most the pool's 2 wait) or
+    // removed with its scratch: a home lost track of would stay empty for good, one per death.
+    let settled = || {
+        let (vacant, stray) = vacant_homes_and_stray_scratch(&daemon);
+        vacant.len() <= 2 && stray.is_empty()
+    };
     let started = Instant::now();
-    while !dead_workers_leftovers(&daemon).is_empty() && started.elapsed() < Duration::from_secs(10)
-    {
+    while !settled() && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(dead_workers_leftovers(&daemon), Vec::<String>::new());
+    let (vacant, stray) = vacant_homes_and_stray_scratch(&daemon);
+    assert!(vacant.len() <= 2, "homes left empty: {vacant:?}");
+    assert_eq!(stray, Vec::<String>::new(), "scratch spaces of no home");
     daemon.stop().await;
 }
 

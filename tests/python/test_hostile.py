@@ -272,16 +272,16 @@ def test_a_function_filling_its_disk_gets_enospc_and_leaves_nothing(private):
     assert f"is full at its {SCRATCH_MIB} MiB limit" in notes and "--scratch-mib" in notes, notes
     assert "raised by input 1" in notes, notes
     assert_node_clean(node)
-    # The scratch of every slot is unmounted with the slot, so nothing of the job is left on
-    # any disk; what remains are the idle workers' own empty scratch spaces (made ahead of
-    # need, named after their pids).
+    # Nothing of the job is left on any disk: what remains are the homes' scratch spaces
+    # (made ahead of need for idle workers, emptied when a worker leaves for the next one),
+    # each an empty tmpfs named like its home.
     root = os.path.join(os.path.realpath(state), "scratch")
 
     def only_idle_workers_scratch():
         names = os.listdir(root)
         mounts = {os.path.basename(p) for p in scratch_mounts(state)}
         return set(names) == mounts and all(
-            name.startswith("w") and os.path.exists("/proc/" + name[1:])
+            name.startswith("h") and name[1:].isdigit()
             and not os.listdir(os.path.join(root, name)) for name in names)
 
     assert e2e_support.wait_until(only_idle_workers_scratch, 10, 0.05), \

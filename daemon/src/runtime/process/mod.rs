@@ -6,7 +6,8 @@
 //! the kernel's threadgroup rwsem for writing, which waits for an RCU grace period once the
 //! lock has been idle a while: 5–13 ms measured on a v1 host, on the path of every job that
 //! follows a pause. Rewriting an existing cgroup's `cpuset.cpus` and memory limit costs
-//! microseconds. So the move happens when the worker joins the pool, and a job only re-limits.
+//! microseconds. So the move happens when the worker joins the pool, and a job only re-limits;
+//! when the worker leaves, its home is emptied for the next worker (`homes.rs`).
 //!
 //! Layout under the state dir: `worker/fleetmap_worker.py` (embedded in the binary, written at
 //! start) and `worker.sock` (workers connect here and say HELLO; the pid they claim is checked
@@ -14,6 +15,7 @@
 
 mod exits;
 mod gpu;
+mod homes;
 pub(crate) mod pool;
 mod priority;
 pub mod scratch;
@@ -21,7 +23,6 @@ mod spares;
 pub mod stale;
 mod zygote;
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::exits::Exits;
+use self::homes::Homes;
 use self::pool::{IdleWorker, Pool};
 use self::scratch::ScratchDirs;
 use self::spares::Spares;
@@ -106,19 +108,6 @@ impl ProcessOptions {
     }
 }
 
-/// An idle worker's own cgroup.
-#[derive(Debug)]
-struct Home {
-    /// Its slot-cgroup name (`w<pid>`).
-    name: String,
-    /// Its OOM-kill count when the worker moved in, read then so that a job taking the worker
-    /// does not read it on its way to the first input.
-    oom_kills: u64,
-    /// Whether a scratch was made for it too (named like the cgroup), so that a job only
-    /// resizes it instead of mounting one.
-    scratch: bool,
-}
-
 /// Where [`ProcessRuntime::place`] put a worker.
 struct Placed {
     /// The slot cgroup's OOM-kill count when already known.
@@ -136,9 +125,8 @@ pub(crate) struct Inner {
     scratch: ScratchDirs,
     exits: Exits,
     spares: Spares,
-    /// Home cgroup of each idle worker that has one, by pid. A std `Mutex`: map operations
-    /// only, never held across an await or a cgroup write.
-    homes: Mutex<HashMap<u32, Home>>,
+    /// Idle workers' homes, and emptied ones kept for the next workers.
+    homes: Homes,
     /// Whether the zygote runs at idle priority (idle workers must be raised back when taken).
     idle_priority: AtomicBool,
     /// Python version the zygote reported. A std `Mutex`: read or replaced, never awaited on.
@@ -152,57 +140,37 @@ impl Inner {
         *self.python.lock().unwrap_or_else(|e| e.into_inner()) = version;
     }
 
-    fn take_home(&self, pid: u32) -> Option<Home> {
-        self.homes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pid)
-    }
-
-    /// Moves a worker that just said HELLO into a home cgroup of its own (blocking: cgroup
-    /// writes); on failure it stays in the pool cgroup and is moved at job time instead.
-    fn settle_home(&self, pid: u32, limits: &SlotLimits) {
-        let name = format!("w{pid}");
-        let placed = self
-            .cgroups
-            .create_slot(&name, limits)
-            .and_then(|()| self.cgroups.move_into_slot(&name, pid));
-        match placed {
-            Ok(()) => {
-                let oom_kills = self.cgroups.oom_kills(&name).unwrap_or(0);
-                let scratch = match self.scratch.prepare_home(&name) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        warn!(pid, cause = %err, "cannot prepare an idle worker's scratch; its job makes one");
-                        false
-                    }
-                };
-                self.homes.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    pid,
-                    Home {
-                        name,
-                        oom_kills,
-                        scratch,
-                    },
-                );
-            }
-            Err(err) => {
-                warn!(pid, cause = %err, "cannot give an idle worker its own cgroup");
-                let _ = self.cgroups.remove_slot(&name);
+    /// Puts the home `name` back for the next worker (blocking: cgroup writes).
+    fn vacate(&self, name: &str) {
+        match &self.opts.home_limits {
+            Some(limits) => self
+                .homes
+                .vacate(self.cgroups.as_ref(), &self.scratch, name, limits),
+            None => {
+                self.scratch.remove(name);
+                let _ = self.cgroups.remove_slot(name);
             }
         }
     }
 
-    /// Removes the home cgroup of a worker that died while idle.
+    /// Vacates the home of a worker that died while idle.
     fn drop_home(self: &Arc<Self>, pid: u32) {
-        if let Some(Home { name, .. }) = self.take_home(pid) {
+        if let Some(home) = self.homes.take(pid) {
             let inner = self.clone();
-            tokio::task::spawn_blocking(move || {
-                inner.scratch.remove(&name);
-                if let Err(err) = inner.cgroups.remove_slot(&name) {
-                    debug!(pid, cause = %err, "cannot remove a dead idle worker's cgroup");
-                }
-            });
+            tokio::task::spawn_blocking(move || inner.vacate(&home.name));
+        }
+    }
+
+    /// Removes the slot-cgroup `name` and its scratch, or vacates it when it is a home
+    /// (blocking: cgroup writes).
+    fn retire(&self, name: &str) {
+        if Homes::is_home(name) {
+            self.vacate(name);
+        } else {
+            self.scratch.remove(name);
+            if let Err(err) = self.cgroups.remove_slot(name) {
+                warn!(cgroup = name, cause = %err, "cannot remove a slot cgroup");
+            }
         }
     }
 }
@@ -246,6 +214,7 @@ impl ProcessRuntime {
         // removes what an earlier run left there.
         let scratch = ScratchDirs::open(&opts.scratch_root, opts.scratch_bytes, !opts.environment)
             .map_err(|err| RuntimeError::Scratch(err.to_string()))?;
+        let keep_vacant = opts.pool_target as usize;
         let inner = Arc::new(Inner {
             pool: Pool::new(opts.pool_target),
             scratch,
@@ -253,7 +222,7 @@ impl ProcessRuntime {
             cgroups,
             exits: Exits::default(),
             spares: Spares::default(),
-            homes: Mutex::new(HashMap::new()),
+            homes: Homes::new(keep_vacant),
             idle_priority: AtomicBool::new(false),
             python: Mutex::new(String::new()),
             shutdown: CancellationToken::new(),
@@ -319,13 +288,7 @@ impl ProcessRuntime {
         if inner.opts.environment {
             // Only what this runtime made: idle workers' home cgroups (slots are released
             // by their instances).
-            let homes: Vec<String> = inner
-                .homes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-                .map(|(_, home)| home.name)
-                .collect();
+            let homes = inner.homes.drain();
             let cgroups = inner.cgroups.clone();
             let scratch_of = inner.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -367,15 +330,13 @@ impl ProcessRuntime {
         pid: u32,
     ) -> Result<Placed, fleetmap_sandbox::SandboxError> {
         let inner = &self.inner;
-        // A slot whose worker died gets another one: the dead one's cgroup and scratch go.
+        // A slot whose worker died gets another one: the dead one's home is vacated (or its
+        // slot cgroup and scratch removed).
         if let Some(previous) = inner.spares.rebind(&slot.id) {
             let inner = inner.clone();
-            tokio::task::spawn_blocking(move || {
-                inner.scratch.remove(&previous);
-                let _ = inner.cgroups.remove_slot(&previous);
-            });
+            tokio::task::spawn_blocking(move || inner.retire(&previous));
         }
-        if let Some(home) = inner.take_home(pid) {
+        if let Some(home) = inner.homes.take(pid) {
             match inner.cgroups.relimit_slot(&home.name, limits) {
                 Ok(()) => {
                     let home_scratch = home.scratch.then(|| home.name.clone());
@@ -467,8 +428,15 @@ async fn accept(inner: Arc<Inner>, listener: UnixListener) {
                 if let Some(limits) = inner.opts.home_limits.clone().filter(|_| homes) {
                     let settling = inner.clone();
                     let pid = worker.pid;
-                    let _ = tokio::task::spawn_blocking(move || settling.settle_home(pid, &limits))
-                        .await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        settling.homes.settle(
+                            settling.cgroups.as_ref(),
+                            &settling.scratch,
+                            pid,
+                            &limits,
+                        )
+                    })
+                    .await;
                 }
                 debug!(pid = worker.pid, "worker joined the pool");
                 if let Err(worker) = inner.pool.push(worker) {
@@ -631,27 +599,21 @@ impl Runtime for ProcessRuntime {
 
     fn release(&self, slot_id: String) -> BoxFuture<'static, ()> {
         let inner = self.inner.clone();
-        let cgroups = self.inner.cgroups.clone();
         let name = self.inner.spares.unbind(&slot_id);
         async move {
             let id = slot_id.clone();
-            let removed = tokio::task::spawn_blocking(move || {
-                let removed = cgroups.remove_slot(&name);
-                inner.scratch.remove(&id);
+            let released = tokio::task::spawn_blocking(move || {
+                inner.retire(&name);
                 if name != id {
-                    inner.scratch.remove(&name);
+                    inner.scratch.remove(&id);
                 }
-                if let Err(err) = cgroups.remove_devices(&id) {
+                if let Err(err) = inner.cgroups.remove_devices(&id) {
                     warn!(slot = %id, cause = %err, "cannot remove the slot's device cgroup");
                 }
-                removed
             });
-            match removed.await {
-                Ok(Ok(())) => debug!(slot = %slot_id, "slot removed"),
-                Ok(Err(err)) => {
-                    warn!(slot = %slot_id, cause = %err, "cannot remove the slot's cgroup")
-                }
-                Err(err) => warn!(slot = %slot_id, cause = %err, "slot removal task failed"),
+            match released.await {
+                Ok(()) => debug!(slot = %slot_id, "slot released"),
+                Err(err) => warn!(slot = %slot_id, cause = %err, "slot release task failed"),
             }
         }
         .boxed()

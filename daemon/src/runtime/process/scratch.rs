@@ -1,11 +1,12 @@
 //! Per-worker scratch space of the process runtime: a size-limited tmpfs, so a function that
 //! writes until the disk is full fills only its own scratch (ENOSPC), and every worker starts
-//! on an empty one. An idle worker with a home cgroup gets its scratch at
-//! `<state>/scratch/w<pid>` when it joins the pool ([`ScratchDirs::prepare_home`]), at the
+//! on an empty one. An idle worker with a home (see `homes.rs`) gets its scratch at
+//! `<state>/scratch/h<n>` when it joins the pool ([`ScratchDirs::prepare_home`]), at the
 //! node's largest size, and the job that takes it only resizes it to the slot
 //! ([`ScratchDirs::adopt`], a remount; a mount and a directory less on the job's way to its
-//! first input). Without a home the scratch is mounted at `<state>/scratch/<slot>` when the
-//! slot takes the worker. Either is unmounted and removed with the worker.
+//! first input); when the worker leaves, the scratch is emptied for the home's next worker
+//! ([`ScratchDirs::reset_home`]). Without a home the scratch is mounted at
+//! `<state>/scratch/<slot>` when the slot takes the worker, and unmounted and removed with it.
 //!
 //! Why tmpfs: it is the one bound the kernel enforces per directory without a dedicated
 //! block device or project quotas. Its pages are charged to the memory cgroup of the process
@@ -167,22 +168,70 @@ impl ScratchDirs {
         let path = self.path_of(name);
         let bytes = self.size_for(ram_bytes);
         if self.bound == ScratchBound::Tmpfs && bytes != self.max_bytes {
-            let data = format!("size={bytes}");
-            mount(
-                None::<&str>,
-                &path,
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(data.as_str()),
-            )
-            .map_err(|source| ScratchError::Mount {
-                op: "remount",
-                path: path.clone(),
-                source,
-            })?;
+            self.resize(&path, bytes)?;
         }
         debug!(home = name, bytes, path = %path.display(), "scratch adopted");
         Ok(self.described(&path, bytes))
+    }
+
+    /// Empties home `name`'s scratch for the home's next worker: its entries removed, its
+    /// root back to mode 0700 and this user, its tmpfs back to the node's largest size.
+    /// Returns whether there was a scratch to keep.
+    pub fn reset_home(&self, name: &str) -> Result<bool, ScratchError> {
+        let path = self.path_of(name);
+        let kept = match self.bound {
+            ScratchBound::Tmpfs => is_mount_point(&path),
+            ScratchBound::Unbounded => path.is_dir(),
+        };
+        if !kept {
+            self.remove_dir(&path);
+            return Ok(false);
+        }
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ScratchError::Io { op, path, source }
+        };
+        for entry in std::fs::read_dir(&path).map_err(io("read_dir", &path))? {
+            let entry = entry.map_err(io("read_dir", &path))?;
+            let file = entry.path();
+            let is_dir = entry.file_type().map_err(io("stat", &file))?.is_dir();
+            if is_dir {
+                std::fs::remove_dir_all(&file).map_err(io("remove", &file))?;
+            } else {
+                std::fs::remove_file(&file).map_err(io("remove", &file))?;
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod", &path))?;
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::geteuid()),
+            Some(nix::unistd::getegid()),
+        )
+        .map_err(|errno| io("chown", &path)(std::io::Error::from(errno)))?;
+        if self.bound == ScratchBound::Tmpfs {
+            self.resize(&path, self.max_bytes)?;
+        }
+        debug!(home = name, path = %path.display(), "scratch emptied for the next worker");
+        Ok(true)
+    }
+
+    /// Remounts the tmpfs at `path` with a size of `bytes`.
+    fn resize(&self, path: &Path, bytes: u64) -> Result<(), ScratchError> {
+        let data = format!("size={bytes}");
+        mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(|source| ScratchError::Mount {
+            op: "remount",
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Unmounts and removes `slot_id`'s scratch (nothing when it has none).
@@ -394,24 +443,61 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let dirs = ScratchDirs::open(dir.path(), 8 << 20, true).expect("open");
-        dirs.prepare_home("w1").expect("home");
-        let path = dirs.path_of("w1");
+        dirs.prepare_home("h1").expect("home");
+        let path = dirs.path_of("h1");
         assert!(is_mount_point(&path));
         // A slot of 8 MiB of RAM gets 4 MiB: the tmpfs is resized, not replaced.
-        let scratch = dirs.adopt("w1", 8 << 20).expect("adopt");
+        let scratch = dirs.adopt("h1", 8 << 20).expect("adopt");
         assert_eq!(scratch.bytes, 4 << 20);
         assert_eq!(PathBuf::from(&scratch.path), path);
         assert_eq!(mounts_below(&path), vec![path.clone()], "still one mount");
         let err = std::fs::write(path.join("big"), vec![7u8; 6 << 20]).expect_err("must not fit");
         assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
         // A slot large enough for the node's size keeps the mount as it is.
-        dirs.prepare_home("w2").expect("home");
-        assert_eq!(dirs.adopt("w2", 1 << 30).expect("adopt").bytes, 8 << 20);
-        std::fs::write(dirs.path_of("w2").join("fits"), vec![7u8; 6 << 20]).expect("fits");
-        dirs.remove("w1");
-        dirs.remove("w2");
+        dirs.prepare_home("h2").expect("home");
+        assert_eq!(dirs.adopt("h2", 1 << 30).expect("adopt").bytes, 8 << 20);
+        std::fs::write(dirs.path_of("h2").join("fits"), vec![7u8; 6 << 20]).expect("fits");
+        dirs.remove("h1");
+        dirs.remove("h2");
         assert!(mounts_below(dir.path()).is_empty());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_vacated_home_scratch_is_empty_private_and_full_size_for_the_next_worker() {
+        if let Some(why) = root_may_mount() {
+            eprintln!("SKIPPED a_vacated_home_scratch_is_empty_private_and_full_size_for_the_next_worker: {why}");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = ScratchDirs::open(dir.path(), 8 << 20, true).expect("open");
+        dirs.prepare_home("h1").expect("home");
+        let path = dirs.path_of("h1");
+        // A job in a 4 MiB slot leaves files, a tree, a link and an open root behind.
+        dirs.adopt("h1", 8 << 20).expect("adopt");
+        std::fs::write(path.join("left"), b"data").expect("file");
+        std::fs::create_dir_all(path.join("tree/deeper")).expect("tree");
+        std::fs::write(path.join("tree/deeper/x"), b"x").expect("file");
+        std::os::unix::fs::symlink("/etc", path.join("link")).expect("symlink");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(
+            dirs.reset_home("h1").expect("reset"),
+            "a mounted scratch is kept"
+        );
+        assert_eq!(std::fs::read_dir(&path).expect("list").count(), 0);
+        assert!(
+            Path::new("/etc").is_dir(),
+            "the link was removed, not followed"
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(mounts_below(&path), vec![path.clone()], "still one mount");
+        std::fs::write(path.join("fits"), vec![7u8; 6 << 20]).expect("the node's size again");
+        // A home whose scratch was never made has nothing to keep.
+        assert!(!dirs.reset_home("h2").expect("reset"));
+        dirs.remove("h1");
+        assert!(mounts_below(dir.path()).is_empty());
     }
 
     #[test]

@@ -1,0 +1,216 @@
+//! Idle workers' home cgroups and scratch spaces, and their reuse. A worker that joins the
+//! pool moves into a home of its own (named `h<n>`, cgroup `slot-h<n>`, scratch
+//! `<state>/scratch/h<n>`); a job re-limits the home instead of moving the worker. When the
+//! worker leaves (its job ended, or it died), the home is emptied and kept for the next worker
+//! that joins: a job then costs no cgroup mkdir and rmdir and no tmpfs mount and unmount, and a
+//! node that runs many short jobs does not pile up removed memory cgroups that the kernel
+//! keeps while pages are still charged to them (cgroup v1).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use fleetmap_sandbox::{SlotCgroups, SlotLimits};
+use tracing::{debug, warn};
+
+use super::scratch::ScratchDirs;
+
+/// The number of the next home, shared by every runtime of the daemon: an environment's
+/// runtime shares the cgroup parent and the scratch root with the main one.
+static NEXT_HOME: AtomicU64 = AtomicU64::new(1);
+
+/// An idle worker's home.
+#[derive(Debug)]
+pub(crate) struct Home {
+    /// Its slot-cgroup name (`h<n>`).
+    pub name: String,
+    /// Its OOM-kill count when the worker moved in, read then so that a job taking the worker
+    /// does not read it on its way to the first input.
+    pub oom_kills: u64,
+    /// Whether it has a scratch (named like the cgroup), so that a job only resizes it
+    /// instead of mounting one.
+    pub scratch: bool,
+}
+
+/// An emptied home waiting for a worker.
+#[derive(Debug)]
+struct Vacant {
+    name: String,
+    scratch: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Homes of idle workers, by pid.
+    occupied: HashMap<u32, Home>,
+    /// Emptied homes, limited back to the node, most recently emptied last.
+    vacant: Vec<Vacant>,
+}
+
+/// The homes of one process runtime. A std `Mutex`: map operations only, never held across
+/// an await or a cgroup write.
+#[derive(Debug)]
+pub(crate) struct Homes {
+    state: Mutex<State>,
+    /// Most vacant homes kept (the pool's target: each job's worker is replaced by one).
+    keep: usize,
+}
+
+impl Homes {
+    /// Homes that keep at most `keep` vacant ones.
+    pub fn new(keep: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            keep,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the slot-cgroup `name` is a home (and not a slot's own or a spare).
+    pub fn is_home(name: &str) -> bool {
+        name.strip_prefix('h')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
+    /// The home of idle worker `pid`, taken out (a job takes the worker).
+    pub fn take(&self, pid: u32) -> Option<Home> {
+        self.lock().occupied.remove(&pid)
+    }
+
+    /// The names of every home, occupied or vacant, taken out (the runtime stops).
+    pub fn drain(&self) -> Vec<String> {
+        let mut state = self.lock();
+        let vacant = std::mem::take(&mut state.vacant)
+            .into_iter()
+            .map(|v| v.name);
+        state
+            .occupied
+            .drain()
+            .map(|(_, home)| home.name)
+            .chain(vacant)
+            .collect()
+    }
+
+    /// How many emptied homes wait for a worker.
+    pub fn vacant(&self) -> usize {
+        self.lock().vacant.len()
+    }
+
+    /// Moves worker `pid`, which just said HELLO, into a vacant home, else into a new one
+    /// limited to `limits` (blocking: cgroup writes). False when it stays in the pool cgroup
+    /// (it is then moved at job time).
+    pub fn settle(
+        &self,
+        cgroups: &dyn SlotCgroups,
+        scratch: &ScratchDirs,
+        pid: u32,
+        limits: &SlotLimits,
+    ) -> bool {
+        let vacant = self.lock().vacant.pop();
+        let (name, has_scratch) = match vacant {
+            Some(Vacant { name, scratch }) => (name, scratch),
+            None => {
+                let name = format!("h{}", NEXT_HOME.fetch_add(1, Ordering::Relaxed));
+                if let Err(err) = cgroups.create_slot(&name, limits) {
+                    warn!(pid, cause = %err, "cannot give an idle worker its own cgroup");
+                    let _ = cgroups.remove_slot(&name);
+                    return false;
+                }
+                (name, false)
+            }
+        };
+        if let Err(err) = cgroups.move_into_slot(&name, pid) {
+            warn!(pid, home = %name, cause = %err, "cannot move an idle worker into its home cgroup");
+            scratch.remove(&name);
+            let _ = cgroups.remove_slot(&name);
+            return false;
+        }
+        let oom_kills = cgroups.oom_kills(&name).unwrap_or(0);
+        let scratch = has_scratch
+            || match scratch.prepare_home(&name) {
+                Ok(()) => true,
+                Err(err) => {
+                    warn!(pid, cause = %err, "cannot prepare an idle worker's scratch; its job makes one");
+                    false
+                }
+            };
+        debug!(pid, home = %name, reused = has_scratch, "worker settled in its home");
+        self.lock().occupied.insert(
+            pid,
+            Home {
+                name,
+                oom_kills,
+                scratch,
+            },
+        );
+        true
+    }
+
+    /// The worker of home `name` has left: its processes are killed, its scratch emptied and
+    /// its limits put back to `limits`, and it waits for the next worker; a home that cannot
+    /// be reset, or one more than are kept, is removed (blocking: cgroup writes).
+    pub fn vacate(
+        &self,
+        cgroups: &dyn SlotCgroups,
+        scratch: &ScratchDirs,
+        name: &str,
+        limits: &SlotLimits,
+    ) {
+        if self.vacant() < self.keep {
+            match Self::reset(cgroups, scratch, name, limits) {
+                Ok(has_scratch) => {
+                    let mut state = self.lock();
+                    if state.vacant.len() < self.keep {
+                        state.vacant.push(Vacant {
+                            name: name.to_owned(),
+                            scratch: has_scratch,
+                        });
+                        return;
+                    }
+                }
+                Err(err) => debug!(home = name, cause = %err, "cannot reset a home; removing it"),
+            }
+        }
+        scratch.remove(name);
+        if let Err(err) = cgroups.remove_slot(name) {
+            warn!(home = name, cause = %err, "cannot remove a home cgroup");
+        }
+    }
+
+    /// Empties home `name` for another worker; returns whether its scratch was kept.
+    fn reset(
+        cgroups: &dyn SlotCgroups,
+        scratch: &ScratchDirs,
+        name: &str,
+        limits: &SlotLimits,
+    ) -> Result<bool, fleetmap_sandbox::SandboxError> {
+        cgroups.kill_slot(name)?;
+        cgroups.relimit_slot(name, limits)?;
+        Ok(match scratch.reset_home(name) {
+            Ok(kept) => kept,
+            Err(err) => {
+                debug!(home = name, cause = %err, "cannot empty a home's scratch; the next worker gets a new one");
+                scratch.remove(name);
+                false
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_are_named_h_and_a_number() {
+        assert!(Homes::is_home("h1"));
+        assert!(Homes::is_home("h204"));
+        assert!(!Homes::is_home("h"));
+        assert!(!Homes::is_home("s3"));
+        assert!(!Homes::is_home("x7"));
+        assert!(!Homes::is_home("hx"));
+    }
+}
