@@ -631,7 +631,7 @@ fn zygote_pid(daemon: &TestDaemon) -> Option<u32> {
     })
 }
 
-/// Names of the home cgroups (`slot-h<n>`) with no process in them, and of the scratch spaces
+/// Names of the home cgroups (`slot-h<pid>-<n>`) with no process in them, and of the scratch spaces
 /// that belong to no home cgroup.
 fn vacant_homes_and_stray_scratch(daemon: &TestDaemon) -> (Vec<String>, Vec<String>) {
     let mut homes = Vec::new();

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import textwrap
 import time
@@ -281,7 +282,7 @@ def test_a_function_filling_its_disk_gets_enospc_and_leaves_nothing(private):
         names = os.listdir(root)
         mounts = {os.path.basename(p) for p in scratch_mounts(state)}
         return set(names) == mounts and all(
-            name.startswith("h") and name[1:].isdigit()
+            re.fullmatch(r"h\d+-\d+", name)
             and not os.listdir(os.path.join(root, name)) for name in names)
 
     assert e2e_support.wait_until(only_idle_workers_scratch, 10, 0.05), \

@@ -1,6 +1,7 @@
 //! Idle workers' home cgroups and scratch spaces, and their reuse. A worker that joins the
-//! pool moves into a home of its own (named `h<n>`, cgroup `slot-h<n>`, scratch
-//! `<state>/scratch/h<n>`); a job re-limits the home instead of moving the worker. When the
+//! pool moves into a home of its own (named `h<daemon pid>-<n>`, cgroup `slot-h<…>`, scratch
+//! `<state>/scratch/h<…>`: a restarted daemon never makes a name an earlier run used); a job
+//! re-limits the home instead of moving the worker. When the
 //! worker leaves (its job ended, or it died), the home is emptied and kept for the next worker
 //! that joins: a job then costs no cgroup mkdir and rmdir and no tmpfs mount and unmount, and a
 //! node that runs many short jobs does not pile up removed memory cgroups that the kernel
@@ -22,7 +23,7 @@ static NEXT_HOME: AtomicU64 = AtomicU64::new(1);
 /// An idle worker's home.
 #[derive(Debug)]
 pub(crate) struct Home {
-    /// Its slot-cgroup name (`h<n>`).
+    /// Its slot-cgroup name (`h<daemon pid>-<n>`).
     pub name: String,
     /// Its OOM-kill count when the worker moved in, read then so that a job taking the worker
     /// does not read it on its way to the first input.
@@ -71,8 +72,10 @@ impl Homes {
 
     /// Whether the slot-cgroup `name` is a home (and not a slot's own or a spare).
     pub fn is_home(name: &str) -> bool {
+        let number = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
         name.strip_prefix('h')
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(pid, n)| number(pid) && number(n))
     }
 
     /// The home of idle worker `pid`, taken out (a job takes the worker).
@@ -113,7 +116,8 @@ impl Homes {
         let (name, has_scratch) = match vacant {
             Some(Vacant { name, scratch }) => (name, scratch),
             None => {
-                let name = format!("h{}", NEXT_HOME.fetch_add(1, Ordering::Relaxed));
+                let n = NEXT_HOME.fetch_add(1, Ordering::Relaxed);
+                let name = format!("h{}-{n}", std::process::id());
                 if let Err(err) = cgroups.create_slot(&name, limits) {
                     warn!(pid, cause = %err, "cannot give an idle worker its own cgroup");
                     let _ = cgroups.remove_slot(&name);
@@ -205,12 +209,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn homes_are_named_h_and_a_number() {
-        assert!(Homes::is_home("h1"));
-        assert!(Homes::is_home("h204"));
-        assert!(!Homes::is_home("h"));
+    fn homes_are_named_h_the_daemon_pid_and_a_number() {
+        assert!(Homes::is_home("h812-1"));
+        assert!(Homes::is_home("h812-204"));
+        assert!(!Homes::is_home("h812"));
+        assert!(!Homes::is_home("h-1"));
+        assert!(!Homes::is_home("h812-"));
         assert!(!Homes::is_home("s3"));
         assert!(!Homes::is_home("x7"));
-        assert!(!Homes::is_home("hx"));
+        assert!(!Homes::is_home("hx-1"));
     }
 }

@@ -1,7 +1,7 @@
 //! Per-worker scratch space of the process runtime: a size-limited tmpfs, so a function that
 //! writes until the disk is full fills only its own scratch (ENOSPC), and every worker starts
 //! on an empty one. An idle worker with a home (see `homes.rs`) gets its scratch at
-//! `<state>/scratch/h<n>` when it joins the pool ([`ScratchDirs::prepare_home`]), at the
+//! `<state>/scratch/h<pid>-<n>` when it joins the pool ([`ScratchDirs::prepare_home`]), at the
 //! node's largest size, and the job that takes it only resizes it to the slot
 //! ([`ScratchDirs::adopt`], a remount; a mount and a directory less on the job's way to its
 //! first input); when the worker leaves, the scratch is emptied for the home's next worker
