@@ -113,6 +113,7 @@ impl Homes {
         limits: &SlotLimits,
     ) -> bool {
         let vacant = self.lock().vacant.pop();
+        let reused = vacant.is_some();
         let (name, has_scratch) = match vacant {
             Some(Vacant { name, scratch }) => (name, scratch),
             None => {
@@ -141,7 +142,7 @@ impl Homes {
                     false
                 }
             };
-        debug!(pid, home = %name, reused = has_scratch, "worker settled in its home");
+        debug!(pid, home = %name, reused, "worker settled in its home");
         self.lock().occupied.insert(
             pid,
             Home {
