@@ -153,6 +153,12 @@ def cgroup_paths(_unused=None) -> dict:
     return out
 
 
+def timer_slack_ns(_unused=None) -> int:
+    """This process's timer slack: how late Linux may fire its timers."""
+    with open("/proc/self/timerslack_ns") as fh:
+        return int(fh.read())
+
+
 def affinity(_unused=None) -> List[int]:
     """The CPUs this process may run on."""
     return sorted(os.sched_getaffinity(0))

@@ -175,3 +175,5 @@ def test_a_dockerfile_is_built_once_and_reused(docker_cluster, tmp_path, monkeyp
     counters = environments(docker_cluster)["counters"]
     assert (counters["builds"], counters["hits"]) == (1, 1), counters
     assert remote_parallel_map(six_version, [0], packages=[]) == ["missing"]
+    # The daemon tightened the container worker's timer slack from Linux's 50 µs to 1 ns.
+    assert remote_parallel_map(e2e_support.timer_slack_ns, [0], dockerfile=str(dockerfile)) == [1]

@@ -11,6 +11,7 @@ pub mod docker;
 pub mod envs;
 pub mod exit;
 pub mod process;
+pub mod timer_slack;
 
 use std::fmt::Debug;
 

@@ -521,7 +521,10 @@ async fn launch(
             })
     };
     let pid = match started.await {
-        Ok(pid) if !inner.shutdown.is_cancelled() => pid,
+        Ok(pid) if !inner.shutdown.is_cancelled() => {
+            crate::runtime::timer_slack::tighten(pid);
+            pid
+        }
         Ok(_) => {
             remove(docker, &id).await;
             return Err(RuntimeError::ShuttingDown);

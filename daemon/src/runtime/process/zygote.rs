@@ -112,6 +112,7 @@ fn start(inner: &Inner) -> Result<Child, RuntimeError> {
         super::priority::lower(pid),
         std::sync::atomic::Ordering::Relaxed,
     );
+    crate::runtime::timer_slack::tighten(pid);
     info!(pid, "zygote started");
     Ok(child)
 }
