@@ -10,6 +10,8 @@ pub mod conn;
 pub mod docker;
 pub mod envs;
 pub mod exit;
+#[cfg(test)]
+pub(crate) mod forking_shell;
 pub mod process;
 pub mod timer_slack;
 

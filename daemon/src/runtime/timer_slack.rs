@@ -52,32 +52,16 @@ mod tests {
             return;
         }
         // A shell whose slack is tightened forks `sleep`: the child is what a zygote's fork is.
-        let mut shell = std::process::Command::new("sh")
-            .args(["-c", "read go; sleep 10 & echo $!; wait"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("sh");
-        let default = of(shell.id()).expect("readable");
+        let mut shell = crate::runtime::forking_shell::ForkingShell::start();
+        let default = of(shell.pid()).expect("readable");
         assert_ne!(
             default, WORKER_TIMER_SLACK_NS,
             "the test needs a default slack to change"
         );
-        assert!(tighten(shell.id()));
-        assert_eq!(of(shell.id()), Some(WORKER_TIMER_SLACK_NS));
-        let mut stdin = shell.stdin.take().expect("stdin");
-        std::io::Write::write_all(&mut stdin, b"go\n").expect("write");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(shell.stdout.take().expect("stdout"));
-        std::io::BufRead::read_line(&mut out, &mut line).expect("read");
-        let child: u32 = line.trim().parse().expect("pid");
+        assert!(tighten(shell.pid()));
+        assert_eq!(of(shell.pid()), Some(WORKER_TIMER_SLACK_NS));
+        let child = shell.fork_child();
         assert_eq!(of(child), Some(WORKER_TIMER_SLACK_NS));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        drop(stdin);
-        shell.wait().expect("wait");
     }
 
     #[test]

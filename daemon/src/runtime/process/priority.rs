@@ -115,25 +115,9 @@ mod tests {
             return;
         }
         // A shell at idle priority forks `sleep`: the child is what a zygote's fork would be.
-        let mut shell = std::process::Command::new("sh")
-            .args(["-c", "read go; sleep 10 & echo $!; wait"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("sh");
-        assert!(lower(shell.id()));
-        let mut stdin = shell.stdin.take().expect("stdin");
-        std::io::Write::write_all(&mut stdin, b"go\n").expect("write");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(shell.stdout.take().expect("stdout"));
-        std::io::BufRead::read_line(&mut out, &mut line).expect("read");
-        let child: u32 = line.trim().parse().expect("pid");
+        let mut shell = crate::runtime::forking_shell::ForkingShell::start();
+        assert!(lower(shell.pid()));
+        let child = shell.fork_child();
         assert_eq!(policy_of(child), libc::SCHED_IDLE);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        drop(stdin);
-        shell.wait().expect("wait");
     }
 }
