@@ -119,9 +119,8 @@ class _CountingZygote(fw.Zygote):
         super().__init__("/nonexistent.sock")
         self.spawned = 0
 
-    def _spawn(self) -> bool:
-        self.spawned += 1
-        return True
+    def _spawn(self, count: int) -> None:
+        self.spawned += count
 
 
 def _zygote(data: bytes) -> None:

@@ -58,6 +58,31 @@ def test_bad_commands_are_logged_and_ignored(zygote):
     assert "ignoring spawn with count '2'" in errors
 
 
+def test_the_daemons_spawn_line_and_any_other_json_form_mean_the_same(capfd):
+    import fleetmap_worker as fw
+
+    class Counting(fw.Zygote):
+        def __init__(self) -> None:
+            super().__init__("/nonexistent.sock")
+            self.counts = []
+
+        def _spawn(self, count: int) -> None:
+            self.counts.append(count)
+
+    zygote = Counting()
+    for line in (b'{"cmd":"spawn","count":2}',  # as fleetmapd writes it: read without json
+                 b' { "count": 3, "cmd": "spawn" } ',  # any other JSON form: read with json
+                 b'{"cmd":"spawn","count":4096}',
+                 b'{"cmd":"spawn","count":4097}',  # over the limit, on either path
+                 b'{"cmd":"spawn","count":0123}',  # not JSON (a leading zero)
+                 b'{"cmd":"spawn","count":0}'):
+        zygote._run_command(line)
+    assert zygote.counts == [2, 3, 4096, 0]
+    errors = capfd.readouterr().err
+    assert "ignoring spawn with count 4097; count must be an integer from 0 to 4096" in errors
+    assert "ignoring a command that is not valid JSON" in errors
+
+
 def test_commands_split_across_writes_are_joined(zygote):
     zygote.command(b'{"cmd":"sp')
     time.sleep(0.1)
