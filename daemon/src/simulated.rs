@@ -49,6 +49,14 @@ impl SlotCgroups for SimulatedCpus {
         self.inner.create_slot(slot_id, &self.map(limits))
     }
 
+    fn set_slot_cpus(&self, slot_id: &str, cpus: &[u32]) -> Result<(), SandboxError> {
+        let mapped = self.map(&SlotLimits {
+            cpus: cpus.to_vec(),
+            ram_bytes: 0,
+        });
+        self.inner.set_slot_cpus(slot_id, &mapped.cpus)
+    }
+
     fn move_into_slot(&self, slot_id: &str, pid: u32) -> Result<(), SandboxError> {
         self.inner.move_into_slot(slot_id, pid)
     }

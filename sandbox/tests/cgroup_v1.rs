@@ -300,6 +300,46 @@ fn create_slot_relimits_an_existing_slot() {
 }
 
 #[test]
+fn set_slot_cpus_rewrites_the_cpus_and_keeps_the_memory_limit() {
+    let Some(t) = TestParent::new(None) else {
+        return;
+    };
+    let first = Inventory::detect().expect("inventory").cpus[0];
+    let last = last_cpu();
+    assert!(
+        t.cgroups.set_slot_cpus("s1", &[first]).is_err(),
+        "no such slot cgroup yet"
+    );
+    assert!(!t.dir("cpuset", "slot-s1").exists(), "it made nothing");
+    let limits = SlotLimits {
+        cpus: vec![first],
+        ram_bytes: 96 * MIB,
+    };
+    t.cgroups.create_slot("s1", &limits).expect("create");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    t.cgroups.move_into_slot("s1", child.id()).expect("move");
+    for cpu in [last, first] {
+        t.cgroups.set_slot_cpus("s1", &[cpu]).expect("set cpus");
+        assert_eq!(t.read("cpuset", "slot-s1", "cpuset.cpus"), cpu.to_string());
+        assert_eq!(
+            proc_status(child.id(), "Cpus_allowed_list:"),
+            cpu.to_string(),
+            "the process in it sees the new CPU list"
+        );
+        assert_eq!(
+            t.read("memory", "slot-s1", "memory.limit_in_bytes"),
+            (96 * MIB).to_string(),
+            "the memory limit is left as it was"
+        );
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
+
+#[test]
 fn relimit_slot_rewrites_an_existing_slot_and_refuses_a_missing_one() {
     let Some(t) = TestParent::new(None) else {
         return;

@@ -39,6 +39,13 @@ def test_instances_wake_when_their_timers_ask(cluster, need_cgroups):
 def test_func_ram_is_the_cgroup_memory_limit(cluster, need_cgroups):
     assert remote_parallel_map(e2e_support.memory_limit_bytes, range(2), func_ram=1) == [GIB, GIB]
     assert remote_parallel_map(e2e_support.memory_limit_bytes, [0], func_ram=2) == [2 * GIB]
+    # Emptied homes keep the last job's memory limit and a job rewrites only what differs:
+    # whatever home a job's worker comes from, up or down, it has the job's limit and CPUs.
+    for func_ram in (1, 1, 2, 2, 1, 3, 1):
+        assert remote_parallel_map(e2e_support.memory_limit_bytes, [0], func_ram=func_ram) == [
+            func_ram * GIB
+        ], func_ram
+        assert len(remote_parallel_map(e2e_support.affinity, [0], func_ram=func_ram)[0]) == 1
 
 
 def test_instances_live_under_the_node_cgroup_parent(cluster, need_cgroups):

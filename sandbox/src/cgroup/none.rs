@@ -143,6 +143,16 @@ impl SlotCgroups for NoneCgroups {
         Ok(())
     }
 
+    fn set_slot_cpus(&self, slot_id: &str, cpus: &[u32]) -> Result<(), SandboxError> {
+        files::slot_dir(slot_id)?;
+        let mut slots = self.lock();
+        let slot = slots
+            .get_mut(slot_id)
+            .ok_or_else(|| SandboxError::UnknownSlot(slot_id.to_owned()))?;
+        slot.cpus = cpus.to_vec();
+        Ok(())
+    }
+
     fn move_into_slot(&self, slot_id: &str, pid: u32) -> Result<(), SandboxError> {
         let cpus = self
             .lock()
@@ -249,7 +259,13 @@ mod tests {
             cpus: vec![0],
             ram_bytes: 1 << 30,
         };
+        assert!(matches!(
+            cg.set_slot_cpus("s1", &[0]),
+            Err(SandboxError::UnknownSlot(_))
+        ));
         cg.create_slot("s1", &limits).expect("create");
+        cg.set_slot_cpus("s1", &[0])
+            .expect("the CPUs later moves get");
         cg.enter_pool(pid).expect("pool is a no-op");
         cg.move_into_slot("s1", pid).expect("move");
         assert_eq!(status_field(pid, "Cpus_allowed_list:"), "0");

@@ -222,6 +222,13 @@ impl SlotCgroups for V1Cgroups {
         Ok(())
     }
 
+    fn set_slot_cpus(&self, slot_id: &str, cpus: &[u32]) -> Result<(), SandboxError> {
+        let rel = self.slot(slot_id)?;
+        self.set_cpuset(&rel, "cpuset.cpus", &files::format_cpu_list(cpus))?;
+        debug!(slot = slot_id, cpus = ?cpus, "slot cgroup's CPUs rewritten");
+        Ok(())
+    }
+
     fn move_into_slot(&self, slot_id: &str, pid: u32) -> Result<(), SandboxError> {
         let rel = self.existing_slot(slot_id)?;
         self.join(&rel, &self.hier.cgroup(&rel), pid)

@@ -117,12 +117,7 @@ impl V2Cgroups {
     fn limit(&self, rel: &Path, cgroup: &Cgroup, limits: &SlotLimits) -> Result<(), SandboxError> {
         let dir = self.root.join(rel);
         let at = |file: &str| dir.join(file);
-        let cpuset: &CpuSetController = cgroup
-            .controller_of()
-            .ok_or_else(|| no_controller("cpuset", dir.clone()))?;
-        cpuset
-            .set_cpus(&files::format_cpu_list(&limits.cpus))
-            .map_err(|err| SandboxError::cgroups("write", at("cpuset.cpus"), err))?;
+        self.set_cpus(rel, cgroup, &limits.cpus)?;
         let memory: &MemController = cgroup
             .controller_of()
             .ok_or_else(|| no_controller("memory", dir.clone()))?;
@@ -142,6 +137,17 @@ impl V2Cgroups {
                 .map_err(|err| SandboxError::cgroups("write", at("memory.swap.max"), err))?;
         }
         Ok(())
+    }
+
+    /// Writes `cpuset.cpus` of `rel`.
+    fn set_cpus(&self, rel: &Path, cgroup: &Cgroup, cpus: &[u32]) -> Result<(), SandboxError> {
+        let dir = self.root.join(rel);
+        let cpuset: &CpuSetController = cgroup
+            .controller_of()
+            .ok_or_else(|| no_controller("cpuset", dir.clone()))?;
+        cpuset
+            .set_cpus(&files::format_cpu_list(cpus))
+            .map_err(|err| SandboxError::cgroups("write", dir.join("cpuset.cpus"), err))
     }
 
     fn join(&self, rel: &Path, cgroup: &Cgroup, pid: u32) -> Result<(), SandboxError> {
@@ -219,6 +225,13 @@ impl SlotCgroups for V2Cgroups {
         let rel = self.slot(slot_id)?;
         self.limit(&rel, &self.hier.cgroup(&rel), limits)?;
         debug!(slot = slot_id, cpus = ?limits.cpus, ram_bytes = limits.ram_bytes, "slot cgroup re-limited");
+        Ok(())
+    }
+
+    fn set_slot_cpus(&self, slot_id: &str, cpus: &[u32]) -> Result<(), SandboxError> {
+        let rel = self.slot(slot_id)?;
+        self.set_cpus(&rel, &self.hier.cgroup(&rel), cpus)?;
+        debug!(slot = slot_id, cpus = ?cpus, "slot cgroup's CPUs rewritten");
         Ok(())
     }
 

@@ -133,6 +133,10 @@ fn real_cgroup2_join_kill_remove_and_sweep() {
             t.cgroups.relimit_slot("s1", &limits).is_err(),
             "re-limiting needs an existing slot cgroup"
         );
+        assert!(
+            t.cgroups.set_slot_cpus("s1", &[0]).is_err(),
+            "so does setting its CPUs"
+        );
         t.cgroups.create_slot("s1", &limits).expect("create");
         let memory_max = fs::read_to_string(root.join(&slot).join("memory.max")).expect("read");
         assert_eq!(memory_max.trim(), (64u64 << 20).to_string());
@@ -141,6 +145,12 @@ fn real_cgroup2_join_kill_remove_and_sweep() {
             ram_bytes: 32 << 20,
         };
         t.cgroups.relimit_slot("s1", &relimited).expect("relimit");
+        let memory_max = fs::read_to_string(root.join(&slot).join("memory.max")).expect("read");
+        assert_eq!(memory_max.trim(), (32u64 << 20).to_string());
+        // Only the CPUs: the memory limit stays.
+        t.cgroups.set_slot_cpus("s1", &[0]).expect("set cpus");
+        let cpus = fs::read_to_string(root.join(&slot).join("cpuset.cpus")).expect("read");
+        assert_eq!(cpus.trim(), "0");
         let memory_max = fs::read_to_string(root.join(&slot).join("memory.max")).expect("read");
         assert_eq!(memory_max.trim(), (32u64 << 20).to_string());
     } else {

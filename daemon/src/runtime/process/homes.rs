@@ -6,6 +6,10 @@
 //! that joins: a job then costs no cgroup mkdir and rmdir and no tmpfs mount and unmount, and a
 //! node that runs many short jobs does not pile up removed memory cgroups that the kernel
 //! keeps while pages are still charged to them (cgroup v1).
+//!
+//! An emptied home gets the node's CPUs back but keeps the memory limit of the job that used
+//! it last (an idle worker needs a few MiB of any limit): the next job only rewrites the
+//! limits that differ, which for a job of the same size is one file instead of four.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,8 +48,12 @@ struct Vacant {
 struct State {
     /// Homes of idle workers, by pid.
     occupied: HashMap<u32, Home>,
-    /// Emptied homes, limited back to the node, most recently emptied last.
+    /// Emptied homes (the node's CPUs, the last job's memory limit), most recently emptied
+    /// last.
     vacant: Vec<Vacant>,
+    /// The memory limit each home's cgroup has now, whoever holds it (an idle worker, a job,
+    /// or nobody); a home whose limit is not known for sure is not listed.
+    memory_limits: HashMap<String, u64>,
 }
 
 /// The homes of one process runtime. A std `Mutex`: map operations only, never held across
@@ -83,9 +91,25 @@ impl Homes {
         self.lock().occupied.remove(&pid)
     }
 
+    /// The memory limit home `name`'s cgroup has now, if known.
+    pub fn memory_limit(&self, name: &str) -> Option<u64> {
+        self.lock().memory_limits.get(name).copied()
+    }
+
+    /// Records that home `name`'s cgroup now has the memory limit `ram_bytes` (`None`: it
+    /// may not, e.g. after a failed write).
+    pub fn set_memory_limit(&self, name: &str, ram_bytes: Option<u64>) {
+        let mut state = self.lock();
+        match ram_bytes {
+            Some(ram_bytes) => state.memory_limits.insert(name.to_owned(), ram_bytes),
+            None => state.memory_limits.remove(name),
+        };
+    }
+
     /// The names of every home, occupied or vacant, taken out (the runtime stops).
     pub fn drain(&self) -> Vec<String> {
         let mut state = self.lock();
+        state.memory_limits.clear();
         let vacant = std::mem::take(&mut state.vacant)
             .into_iter()
             .map(|v| v.name);
@@ -124,13 +148,13 @@ impl Homes {
                     let _ = cgroups.remove_slot(&name);
                     return false;
                 }
+                self.set_memory_limit(&name, Some(limits.ram_bytes));
                 (name, false)
             }
         };
         if let Err(err) = cgroups.move_into_slot(&name, pid) {
             warn!(pid, home = %name, cause = %err, "cannot move an idle worker into its home cgroup");
-            scratch.remove(&name);
-            let _ = cgroups.remove_slot(&name);
+            self.remove(cgroups, scratch, &name);
             return false;
         }
         let oom_kills = cgroups.oom_kills(&name).unwrap_or(0);
@@ -155,8 +179,9 @@ impl Homes {
     }
 
     /// The worker of home `name` has left: its processes are killed, its scratch emptied and
-    /// its limits put back to `limits`, and it waits for the next worker; a home that cannot
-    /// be reset, or one more than are kept, is removed (blocking: cgroup writes).
+    /// its CPUs put back to `limits`' (its memory limit stays the last job's), and it waits
+    /// for the next worker; a home that cannot be reset, or one more than are kept, is removed
+    /// (blocking: cgroup writes).
     pub fn vacate(
         &self,
         cgroups: &dyn SlotCgroups,
@@ -179,6 +204,12 @@ impl Homes {
                 Err(err) => debug!(home = name, cause = %err, "cannot reset a home; removing it"),
             }
         }
+        self.remove(cgroups, scratch, name);
+    }
+
+    /// Removes home `name`: its scratch, its cgroup, what is known of its limits (blocking).
+    pub fn remove(&self, cgroups: &dyn SlotCgroups, scratch: &ScratchDirs, name: &str) {
+        self.set_memory_limit(name, None);
         scratch.remove(name);
         if let Err(err) = cgroups.remove_slot(name) {
             warn!(home = name, cause = %err, "cannot remove a home cgroup");
@@ -193,7 +224,7 @@ impl Homes {
         limits: &SlotLimits,
     ) -> Result<bool, fleetmap_sandbox::SandboxError> {
         cgroups.kill_slot(name)?;
-        cgroups.relimit_slot(name, limits)?;
+        cgroups.set_slot_cpus(name, &limits.cpus)?;
         Ok(match scratch.reset_home(name) {
             Ok(kept) => kept,
             Err(err) => {

@@ -214,7 +214,11 @@ impl ProcessRuntime {
         // removes what an earlier run left there.
         let scratch = ScratchDirs::open(&opts.scratch_root, opts.scratch_bytes, !opts.environment)
             .map_err(|err| RuntimeError::Scratch(err.to_string()))?;
-        let keep_vacant = opts.pool_target as usize;
+        // Emptied homes kept for the workers to come: twice the pool, so that the jitter
+        // between a job's worker leaving and its replacement joining does not remove a home
+        // one moment and make a new one the next (with the pool's size kept, about one job in
+        // six did both, on a 2-CPU node running one-input jobs back to back).
+        let keep_vacant = 2 * opts.pool_target as usize;
         let inner = Arc::new(Inner {
             pool: Pool::new(opts.pool_target),
             scratch,
@@ -337,7 +341,15 @@ impl ProcessRuntime {
             tokio::task::spawn_blocking(move || inner.retire(&previous));
         }
         if let Some(home) = inner.homes.take(pid) {
-            match inner.cgroups.relimit_slot(&home.name, limits) {
+            let relimited = if inner.homes.memory_limit(&home.name) == Some(limits.ram_bytes) {
+                inner.cgroups.set_slot_cpus(&home.name, &limits.cpus)
+            } else {
+                let written = inner.cgroups.relimit_slot(&home.name, limits);
+                let known = written.is_ok().then_some(limits.ram_bytes);
+                inner.homes.set_memory_limit(&home.name, known);
+                written
+            };
+            match relimited {
                 Ok(()) => {
                     let home_scratch = home.scratch.then(|| home.name.clone());
                     inner.spares.bind(&slot.id, home.name);
@@ -350,8 +362,9 @@ impl ProcessRuntime {
                     warn!(pid, cause = %err, "cannot re-limit a worker's home cgroup; moving it");
                     let inner = inner.clone();
                     tokio::task::spawn_blocking(move || {
-                        inner.scratch.remove(&home.name);
-                        inner.cgroups.remove_slot(&home.name)
+                        inner
+                            .homes
+                            .remove(inner.cgroups.as_ref(), &inner.scratch, &home.name)
                     });
                 }
             }
