@@ -2,10 +2,10 @@
 //! writes until the disk is full fills only its own scratch (ENOSPC), and every worker starts
 //! on an empty one. An idle worker with a home (see `homes.rs`) gets its scratch at
 //! `<state>/scratch/h<pid>-<n>` when it joins the pool ([`ScratchDirs::prepare_home`]), at the
-//! node's largest size, and the job that takes it only resizes it to the slot
-//! ([`ScratchDirs::adopt`], a remount; a mount and a directory less on the job's way to its
-//! first input); when the worker leaves, the scratch is emptied for the home's next worker
-//! ([`ScratchDirs::reset_home`]). Without a home the scratch is mounted at
+//! node's largest size, and the job that takes it only resizes it to the slot when its size
+//! differs ([`ScratchDirs::adopt`], a remount; a mount and a directory less on the job's way to
+//! its first input); when the worker leaves, the scratch is emptied for the home's next worker
+//! and keeps its size ([`ScratchDirs::reset_home`]), so jobs of one size remount nothing. Without a home the scratch is mounted at
 //! `<state>/scratch/<slot>` when the slot takes the worker, and unmounted and removed with it.
 //!
 //! Why tmpfs: it is the one bound the kernel enforces per directory without a dedicated
@@ -13,8 +13,10 @@
 //! that writes them (the slot's), so a scratch is at most half the slot's RAM
 //! ([`ScratchDirs::size_for`]): a full scratch then ends in ENOSPC, not in an OOM kill.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use thiserror::Error;
@@ -66,6 +68,9 @@ pub struct ScratchDirs {
     root: PathBuf,
     max_bytes: u64,
     bound: ScratchBound,
+    /// The tmpfs size each home's scratch has now (not listed: not known for sure). A std
+    /// `Mutex`: map operations only, never held across a mount.
+    home_sizes: Mutex<HashMap<String, u64>>,
 }
 
 impl ScratchDirs {
@@ -86,6 +91,7 @@ impl ScratchDirs {
             root,
             max_bytes: max_bytes.max(MIN_SCRATCH_BYTES),
             bound: ScratchBound::Tmpfs,
+            home_sizes: Mutex::new(HashMap::new()),
         };
         if clean {
             let stale = dirs.remove_all();
@@ -108,6 +114,19 @@ impl ScratchDirs {
             }
         }
         Ok(dirs)
+    }
+
+    fn home_sizes(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.home_sizes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the size home `name`'s tmpfs has now (`None`: not known for sure).
+    fn set_home_size(&self, name: &str, bytes: Option<u64>) {
+        let mut sizes = self.home_sizes();
+        match bytes {
+            Some(bytes) => sizes.insert(name.to_owned(), bytes),
+            None => sizes.remove(name),
+        };
     }
 
     /// How scratch spaces are bounded.
@@ -150,7 +169,10 @@ impl ScratchDirs {
     /// A scratch made ahead of need under `name` (an idle worker's home), at the node's
     /// largest size; [`ScratchDirs::adopt`] fits it to the slot that takes the worker.
     pub fn prepare_home(&self, name: &str) -> Result<(), ScratchError> {
-        self.make_empty(&self.path_of(name), self.max_bytes)
+        self.set_home_size(name, None);
+        self.make_empty(&self.path_of(name), self.max_bytes)?;
+        self.set_home_size(name, Some(self.max_bytes));
+        Ok(())
     }
 
     /// An empty scratch at `path` of `bytes` (bound permitting), whatever was there removed.
@@ -167,15 +189,19 @@ impl ScratchDirs {
     pub fn adopt(&self, name: &str, ram_bytes: u64) -> Result<Scratch, ScratchError> {
         let path = self.path_of(name);
         let bytes = self.size_for(ram_bytes);
-        if self.bound == ScratchBound::Tmpfs && bytes != self.max_bytes {
+        let current = self.home_sizes().get(name).copied();
+        if self.bound == ScratchBound::Tmpfs && current != Some(bytes) {
+            self.set_home_size(name, None);
             self.resize(&path, bytes)?;
+            self.set_home_size(name, Some(bytes));
         }
         debug!(home = name, bytes, path = %path.display(), "scratch adopted");
         Ok(self.described(&path, bytes))
     }
 
     /// Empties home `name`'s scratch for the home's next worker: its entries removed, its
-    /// root back to mode 0700 and this user, its tmpfs back to the node's largest size.
+    /// root back to mode 0700 and this user; its tmpfs keeps the last job's size (an idle
+    /// worker writes none of it), which the next job changes only if it needs another.
     /// Returns whether there was a scratch to keep.
     pub fn reset_home(&self, name: &str) -> Result<bool, ScratchError> {
         let path = self.path_of(name);
@@ -184,7 +210,7 @@ impl ScratchDirs {
             ScratchBound::Unbounded => path.is_dir(),
         };
         if !kept {
-            self.remove_dir(&path);
+            self.remove(name);
             return Ok(false);
         }
         let io = |op: &'static str, path: &Path| {
@@ -210,9 +236,6 @@ impl ScratchDirs {
             Some(nix::unistd::getegid()),
         )
         .map_err(|errno| io("chown", &path)(std::io::Error::from(errno)))?;
-        if self.bound == ScratchBound::Tmpfs {
-            self.resize(&path, self.max_bytes)?;
-        }
         debug!(home = name, path = %path.display(), "scratch emptied for the next worker");
         Ok(true)
     }
@@ -236,11 +259,13 @@ impl ScratchDirs {
 
     /// Unmounts and removes `slot_id`'s scratch (nothing when it has none).
     pub fn remove(&self, slot_id: &str) {
+        self.set_home_size(slot_id, None);
         self.remove_dir(&self.path_of(slot_id));
     }
 
     /// Unmounts and removes every scratch under the root; returns how many there were.
     pub fn remove_all(&self) -> usize {
+        self.home_sizes().clear();
         let mut removed = 0;
         for point in mounts_below(&self.root) {
             if let Err(source) = umount2(&point, MntFlags::MNT_DETACH) {
@@ -464,9 +489,9 @@ mod tests {
     }
 
     #[test]
-    fn a_vacated_home_scratch_is_empty_private_and_full_size_for_the_next_worker() {
+    fn a_vacated_home_scratch_is_empty_private_and_resized_only_for_a_job_of_another_size() {
         if let Some(why) = root_may_mount() {
-            eprintln!("SKIPPED a_vacated_home_scratch_is_empty_private_and_full_size_for_the_next_worker: {why}");
+            eprintln!("SKIPPED a_vacated_home_scratch_is_empty_private_and_resized_only_for_a_job_of_another_size: {why}");
             return;
         }
         use std::os::unix::fs::PermissionsExt;
@@ -493,6 +518,12 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         assert_eq!(mounts_below(&path), vec![path.clone()], "still one mount");
+        // It keeps the last job's 4 MiB until a job needs another size.
+        let err = std::fs::write(path.join("big"), vec![7u8; 6 << 20]).expect_err("4 MiB still");
+        assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
+        std::fs::remove_file(path.join("big")).expect("remove");
+        assert_eq!(dirs.adopt("h1", 8 << 20).expect("same size").bytes, 4 << 20);
+        assert_eq!(dirs.adopt("h1", 1 << 30).expect("larger").bytes, 8 << 20);
         std::fs::write(path.join("fits"), vec![7u8; 6 << 20]).expect("the node's size again");
         // A home whose scratch was never made has nothing to keep.
         assert!(!dirs.reset_home("h2").expect("reset"));
