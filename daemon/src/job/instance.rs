@@ -231,7 +231,7 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
     }
     match w.wait_ready(&mut reader).await {
         Ok(Some(ready)) => {
-            debug!(pid, affinity = ?ready.affinity, cgroup = %ready.cgroup.trim(), "worker ready");
+            debug!(pid, ready_pid = ready.pid, "worker ready");
             job.instance_ready();
             // The pipelined chunk starts now, not when the function started loading.
             if let Some(first) = in_flight.front_mut() {
