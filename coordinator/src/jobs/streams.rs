@@ -161,7 +161,6 @@ impl JobRun {
         } else {
             self.spec.job_id.clone()
         };
-        info!(job = %self.spec.job_id, node = %node_id, share, "stream opened");
         let mut spec = self.spec.clone();
         spec.job_id.clone_from(&node_job_id);
         spec.parallelism = i64::try_from(share).unwrap_or(i64::MAX);
@@ -180,6 +179,8 @@ impl JobRun {
             self.events_tx.clone(),
             self.state.config.max_frame_bytes,
         );
+        // Logged once the request is on its way: the line's write is not on the job's path.
+        info!(job = %self.spec.job_id, node = %node_id, share, "stream opened");
         let per_instance = self.state.config.window_items_per_instance;
         let share_usize = usize::try_from(share).unwrap_or(usize::MAX);
         debug!(job = %self.spec.job_id, node = %node_id, node_job = %node_job_id, share, "job placed on node");

@@ -34,12 +34,11 @@ pub async fn submit(
         }
     };
     let d = daemon.inner();
-    info!(
-        job = %job.id(),
-        func_cpu = job.spec().func_cpu,
-        func_ram_gb = job.spec().func_ram_gb,
-        expected_inputs = ?job.spec().expected_inputs,
-        "job admitted"
+    let admitted = (
+        job.id().to_string(),
+        job.spec().func_cpu,
+        job.spec().func_ram_gb,
+        job.spec().expected_inputs,
     );
     let (sink, body) = ResultSink::channel(d.limits.stream_frames);
     // Counted before the response goes out, so an INPUTS_END on a later `/inputs` request
@@ -70,6 +69,15 @@ pub async fn submit(
     if futures_util::poll!(feeding_task.as_mut()).is_pending() {
         tokio::spawn(feeding_task);
     }
+    // Logged once the instances are on their way: the line's write is not on their path.
+    let (job_id, func_cpu, func_ram_gb, expected_inputs) = admitted;
+    info!(
+        job = %job_id,
+        func_cpu,
+        func_ram_gb,
+        expected_inputs = ?expected_inputs,
+        "job admitted"
+    );
     let mut response = Response::new(body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
