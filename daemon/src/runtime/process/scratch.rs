@@ -5,8 +5,9 @@
 //! node's largest size, and the job that takes it only resizes it to the slot when its size
 //! differs ([`ScratchDirs::adopt`], a remount; a mount and a directory less on the job's way to
 //! its first input); when the worker leaves, the scratch is emptied for the home's next worker
-//! and keeps its size ([`ScratchDirs::reset_home`]), so jobs of one size remount nothing. Without a home the scratch is mounted at
-//! `<state>/scratch/<slot>` when the slot takes the worker, and unmounted and removed with it.
+//! and keeps its size ([`ScratchDirs::reset_home`]), so jobs of one size remount nothing.
+//! Without a home the scratch is mounted at `<state>/scratch/<slot>` when the slot takes the
+//! worker, and unmounted and removed with it.
 //!
 //! Why tmpfs: it is the one bound the kernel enforces per directory without a dedicated
 //! block device or project quotas. Its pages are charged to the memory cgroup of the process
