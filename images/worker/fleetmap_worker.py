@@ -1231,7 +1231,10 @@ def _rehearse_placement(assignment: dict) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        os.chdir(cwd)
+        try:
+            os.chdir(cwd)
+        except OSError:  # removed meanwhile: a job without a scratch runs wherever it is
+            pass
         import tempfile
         tempfile.tempdir = None
 
