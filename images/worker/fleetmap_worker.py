@@ -633,7 +633,8 @@ class Worker:
         self.scratch, self.scratch_bytes = apply_scratch(assignment)
         if not self._load_function(frame[1]):
             return EXIT_OK
-        self.conn.send(READY, encode_json(ready_info()))
+        # Only the pid: see agent-proto's WorkerReady for why no CPUs or cgroup.
+        self.conn.send(READY, encode_json({"pid": os.getpid()}))
         while True:
             frame = self._next_frame((INPUTS, SHUTDOWN))
             if frame is None or frame[0] == SHUTDOWN:
@@ -887,16 +888,6 @@ def scratch_full_hint(path: str, size: int) -> str:
     return ("the instance's scratch space %s (cwd and TMPDIR) is full at %s: write less per "
             "input, delete files you no longer need, or ask the operator for a larger "
             "fleetmapd --scratch-mib (at most half of func_ram is used)" % (path, bound))
-
-
-def ready_info() -> dict:
-    """Return the READY body: this process's pid.
-
-    Nothing more: the worker's CPUs and cgroup (READY carried them once, for a debug line of
-    the daemon's) cost 0.1-0.2 ms of system calls on the job's way to its first input when
-    read in a fresh process, and the daemon knows where it put the worker.
-    """
-    return {"pid": os.getpid()}
 
 
 def log(message: str) -> None:
@@ -1155,7 +1146,6 @@ def _warm_up() -> None:
     except ValueError as exc:
         format_traceback(exc)
         pickle_exception(exc, DEFAULT_MAX_FRAME_BYTES)
-    encode_json(ready_info())
 
 
 def _warm_job():
@@ -1204,7 +1194,6 @@ def warm_child() -> None:
     worker.function = cloudpickle.loads(function)
     worker.run_chunk(inputs)
     worker.flush_output()
-    encode_json(ready_info())
 
 
 def _rehearse_placement(assignment: dict) -> None:

@@ -301,7 +301,7 @@ fn create_slot_relimits_an_existing_slot() {
 
 #[test]
 fn set_slot_cpus_rewrites_the_cpus_and_keeps_the_memory_limit() {
-    let Some(t) = TestParent::new(None) else {
+    let Some(mut t) = TestParent::new(None) else {
         return;
     };
     let first = Inventory::detect().expect("inventory").cpus[0];
@@ -316,16 +316,14 @@ fn set_slot_cpus_rewrites_the_cpus_and_keeps_the_memory_limit() {
         ram_bytes: 96 * MIB,
     };
     t.cgroups.create_slot("s1", &limits).expect("create");
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .expect("sleep");
-    t.cgroups.move_into_slot("s1", child.id()).expect("move");
+    let child = t.spawn(&mut sleeper());
+    let pid = t.pid(child);
+    t.cgroups.move_into_slot("s1", pid).expect("move");
     for cpu in [last, first] {
         t.cgroups.set_slot_cpus("s1", &[cpu]).expect("set cpus");
         assert_eq!(t.read("cpuset", "slot-s1", "cpuset.cpus"), cpu.to_string());
         assert_eq!(
-            proc_status(child.id(), "Cpus_allowed_list:"),
+            proc_status(pid, "Cpus_allowed_list:"),
             cpu.to_string(),
             "the process in it sees the new CPU list"
         );
@@ -335,13 +333,11 @@ fn set_slot_cpus_rewrites_the_cpus_and_keeps_the_memory_limit() {
             "the memory limit is left as it was"
         );
     }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
 }
 
 #[test]
 fn relimit_slot_rewrites_an_existing_slot_and_refuses_a_missing_one() {
-    let Some(t) = TestParent::new(None) else {
+    let Some(mut t) = TestParent::new(None) else {
         return;
     };
     let first = Inventory::detect().expect("inventory").cpus[0];
@@ -360,11 +356,9 @@ fn relimit_slot_rewrites_an_existing_slot_and_refuses_a_missing_one() {
     t.cgroups
         .create_slot("s1", &limits(first, 64 * MIB))
         .expect("create");
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .expect("sleep");
-    t.cgroups.move_into_slot("s1", child.id()).expect("move");
+    let child = t.spawn(&mut sleeper());
+    let pid = t.pid(child);
+    t.cgroups.move_into_slot("s1", pid).expect("move");
     // Down, up and down again: memsw must stay above the limit at every step.
     for (cpu, ram) in [(last, 32 * MIB), (first, 256 * MIB), (last, 48 * MIB)] {
         t.cgroups
@@ -376,13 +370,11 @@ fn relimit_slot_rewrites_an_existing_slot_and_refuses_a_missing_one() {
             ram.to_string()
         );
         assert_eq!(
-            proc_status(child.id(), "Cpus_allowed_list:"),
+            proc_status(pid, "Cpus_allowed_list:"),
             cpu.to_string(),
             "the process in it sees the new CPU list"
         );
     }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
 }
 
 #[test]

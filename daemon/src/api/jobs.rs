@@ -34,18 +34,13 @@ pub async fn submit(
         }
     };
     let d = daemon.inner();
-    let admitted = (
-        job.id().to_string(),
-        job.spec().func_cpu,
-        job.spec().func_ram_gb,
-        job.spec().expected_inputs,
-    );
     let (sink, body) = ResultSink::channel(d.limits.stream_frames);
     // Counted before the response goes out, so an INPUTS_END on a later `/inputs` request
     // cannot complete the job while this body still has inputs to queue.
     let feeding = job.feeding();
-    let (starting, ctx) = (job.clone(), daemon.job_context());
+    let (fed, starting, ctx) = (job.clone(), job.clone(), daemon.job_context());
     let mut feeding_task = Box::pin(async move {
+        let job = fed;
         let start = move || supervisor::start(starting, ctx, sink);
         match feed_then(&feeding, &mut inputs, start).await {
             Ok(_) => {}
@@ -70,12 +65,11 @@ pub async fn submit(
         tokio::spawn(feeding_task);
     }
     // Logged once the instances are on their way: the line's write is not on their path.
-    let (job_id, func_cpu, func_ram_gb, expected_inputs) = admitted;
     info!(
-        job = %job_id,
-        func_cpu,
-        func_ram_gb,
-        expected_inputs = ?expected_inputs,
+        job = %job.id(),
+        func_cpu = job.spec().func_cpu,
+        func_ram_gb = job.spec().func_ram_gb,
+        expected_inputs = ?job.spec().expected_inputs,
         "job admitted"
     );
     let mut response = Response::new(body);

@@ -230,8 +230,8 @@ async fn serve(instance: &Instance, worker: Worker, sizer: &mut ChunkSizer) -> O
         return w.died(in_flight, None, false).await;
     }
     match w.wait_ready(&mut reader).await {
-        Ok(Some(ready)) => {
-            debug!(pid, ready_pid = ready.pid, "worker ready");
+        Ok(Some(_ready)) => {
+            debug!(pid, "worker ready");
             job.instance_ready();
             // The pipelined chunk starts now, not when the function started loading.
             if let Some(first) = in_flight.front_mut() {

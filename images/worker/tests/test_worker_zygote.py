@@ -58,7 +58,7 @@ def test_bad_commands_are_logged_and_ignored(zygote):
     assert "ignoring spawn with count '2'" in errors
 
 
-def test_the_daemons_spawn_line_and_any_other_json_form_mean_the_same(capfd):
+def test_the_daemons_spawn_line_and_any_other_json_form_mean_the_same(capfd, monkeypatch):
     import fleetmap_worker as fw
 
     class Counting(fw.Zygote):
@@ -70,8 +70,14 @@ def test_the_daemons_spawn_line_and_any_other_json_form_mean_the_same(capfd):
             self.counts.append(count)
 
     zygote = Counting()
-    for line in (b'{"cmd":"spawn","count":2}',  # as fleetmapd writes it: read without json
-                 b' { "count": 3, "cmd": "spawn" } ',  # any other JSON form: read with json
+
+    def no_json(*_args):
+        raise AssertionError("the daemon's own spawn line must not go through json")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fw.json, "loads", no_json)
+        zygote._run_command(b'{"cmd":"spawn","count":2}')  # as fleetmapd writes it
+    for line in (b' { "count": 3, "cmd": "spawn" } ',  # any other JSON form: read with json
                  b'{"cmd":"spawn","count":4096}',
                  b'{"cmd":"spawn","count":4097}',  # over the limit, on either path
                  b'{"cmd":"spawn","count":0123}',  # not JSON (a leading zero)

@@ -91,14 +91,28 @@ impl Homes {
         self.lock().occupied.remove(&pid)
     }
 
-    /// The memory limit home `name`'s cgroup has now, if known.
-    pub fn memory_limit(&self, name: &str) -> Option<u64> {
-        self.lock().memory_limits.get(name).copied()
+    /// Limits home `name`, taken by a job, to `limits`: its CPU list always (an emptied home
+    /// has the node's), its memory limit only when it differs from the one the home has
+    /// (blocking: cgroup writes).
+    pub fn fit(
+        &self,
+        cgroups: &dyn SlotCgroups,
+        name: &str,
+        limits: &SlotLimits,
+    ) -> Result<(), fleetmap_sandbox::SandboxError> {
+        let memory = self.lock().memory_limits.get(name).copied();
+        if memory == Some(limits.ram_bytes) {
+            return cgroups.set_slot_cpus(name, &limits.cpus);
+        }
+        self.set_memory_limit(name, None);
+        cgroups.relimit_slot(name, limits)?;
+        self.set_memory_limit(name, Some(limits.ram_bytes));
+        Ok(())
     }
 
     /// Records that home `name`'s cgroup now has the memory limit `ram_bytes` (`None`: it
-    /// may not, e.g. after a failed write).
-    pub fn set_memory_limit(&self, name: &str, ram_bytes: Option<u64>) {
+    /// may not, e.g. while or after a write).
+    fn set_memory_limit(&self, name: &str, ram_bytes: Option<u64>) {
         let mut state = self.lock();
         match ram_bytes {
             Some(ram_bytes) => state.memory_limits.insert(name.to_owned(), ram_bytes),

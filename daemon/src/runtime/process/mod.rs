@@ -341,15 +341,7 @@ impl ProcessRuntime {
             tokio::task::spawn_blocking(move || inner.retire(&previous));
         }
         if let Some(home) = inner.homes.take(pid) {
-            let relimited = if inner.homes.memory_limit(&home.name) == Some(limits.ram_bytes) {
-                inner.cgroups.set_slot_cpus(&home.name, &limits.cpus)
-            } else {
-                let written = inner.cgroups.relimit_slot(&home.name, limits);
-                let known = written.is_ok().then_some(limits.ram_bytes);
-                inner.homes.set_memory_limit(&home.name, known);
-                written
-            };
-            match relimited {
+            match inner.homes.fit(inner.cgroups.as_ref(), &home.name, limits) {
                 Ok(()) => {
                     let home_scratch = home.scratch.then(|| home.name.clone());
                     inner.spares.bind(&slot.id, home.name);
